@@ -1,0 +1,1 @@
+"""The command line: argument parsing, progress display and menus. No pipeline logic here."""

@@ -1,0 +1,1 @@
+"""Scoring an edit: refusal detection, KL divergence, over-refusal and the other metrics."""
