@@ -1,0 +1,133 @@
+"""Residual vectors at the last prompt token, per layer, for one stream.
+
+The last token of a chat-formatted prompt (after the generation prompt) is where the model
+decides how to answer, and where refusal directions are read (Arditi et al. 2024). Prompts are
+left-padded, so that position is -1 in every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from abliterate.directions import winsorize
+from abliterate.eval.generate import model_device
+from abliterate.hooks import hooks, layer_input, layer_output
+from abliterate.model.arch import Layout
+
+
+@dataclass
+class Residuals:
+    """Statistics of one prompt set. Index 0 of the layer axis is the embedding output (the
+    input of layer 0); index l + 1 is the chosen stream at decoder layer l."""
+
+    mean: Tensor  # (L + 1, d) float64
+    count: int
+    full: Tensor | None = None  # (n, L + 1, d) float32, only when asked for
+
+    @property
+    def embedding_mean(self) -> Tensor:
+        return self.mean[0]
+
+    @property
+    def layer_mean(self) -> Tensor:
+        return self.mean[1:]
+
+
+def _capture(layout: Layout, stream: str, store: dict[int, Tensor]) -> Callable:
+    """Hooks that put the stream's last-position vector of each layer into `store[index]`."""
+
+    def register(handles: list) -> None:
+        layers = layout.layers
+
+        def pre0(_m, args, kwargs):
+            store[0] = layer_input(args, kwargs)[:, -1].float()
+
+        handles.append(layers[0].register_forward_pre_hook(pre0, with_kwargs=True))
+        for i, layer in enumerate(layers):
+            if stream == "pre":
+
+                def pre(_m, args, kwargs, i=i):
+                    store[i + 1] = layer_input(args, kwargs)[:, -1].float()
+
+                handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+                continue
+
+            def post(_m, _args, output, i=i):
+                store[i + 1] = layer_output(output)[:, -1].float()
+
+            if stream == "post":
+                handles.append(layer.register_forward_hook(post))
+                continue
+            # mid: the layer's input plus the writes of its token mixer (attention, conv, ...).
+            handles += _mid_hooks(layout, i, layer, store)
+
+    return register
+
+
+def _mid_hooks(layout: Layout, i: int, layer: nn.Module, store: dict[int, Tensor]) -> list:
+    mixers = [w for w in layout.layer_writers(i) if w.component == "attn_out"]
+    parts: list[Tensor] = []
+
+    def pre(_m, args, kwargs):
+        parts.clear()
+        parts.append(layer_input(args, kwargs)[:, -1].float())
+
+    def write(_m, _args, output, norm=None):
+        x = layer_output(output)[:, -1:]
+        if norm is not None:
+            x = norm(x)
+        parts.append(x[:, 0].float())
+
+    def done(_m, _args, _output):
+        store[i + 1] = torch.stack(parts).sum(0)
+
+    handles = [layer.register_forward_pre_hook(pre, with_kwargs=True)]
+    for w in mixers:
+        handles.append(
+            w.module.register_forward_hook(lambda m, a, o, norm=w.output_norm: write(m, a, o, norm))
+        )
+    handles.append(layer.register_forward_hook(done))
+    return handles
+
+
+@torch.inference_mode()
+def collect(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    layout: Layout,
+    texts: Sequence[str],
+    stream: str = "post",
+    batch_size: int = 32,
+    winsorize_quantile: float = 1.0,
+    keep_full: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> Residuals:
+    """One forward pass per batch; means accumulate in float64 so memory does not grow with the
+    number of prompts. `keep_full` also returns every vector (needed for the benign subspace
+    and for plots)."""
+    n_pos = layout.n_layers + 1
+    total = torch.zeros(n_pos, layout.hidden_size, dtype=torch.float64)
+    full: list[Tensor] = []
+    store: dict[int, Tensor] = {}
+    with hooks(_capture(layout, stream, store)):
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            model(**enc.to(model_device(model)), use_cache=False)
+            vecs = torch.stack([store[p].cpu() for p in range(n_pos)], dim=1)  # (b, L + 1, d)
+            vecs = winsorize(vecs, winsorize_quantile)
+            total += vecs.double().sum(0)
+            if keep_full:
+                full.append(vecs)
+            if on_batch:
+                on_batch(len(batch))
+    return Residuals(
+        mean=total / len(texts),
+        count=len(texts),
+        full=torch.cat(full) if keep_full else None,
+    )

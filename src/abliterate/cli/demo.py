@@ -1,0 +1,76 @@
+"""`abliterate demo`: the whole pipeline on the built-in organism, offline, on a CPU."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from abliterate.cli.console import err, out, stage_progress
+from abliterate.cli.run import execute
+from abliterate.config import load_settings
+from abliterate.evaluation import evaluate_against_base
+from abliterate.organism import ARCHES, ORGANISM_VERSION, organism_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="run the whole pipeline on the built-in model organism")
+    parser.add_argument(
+        "--output", help="where the abliterated organism goes (default: RUN_DIR/model)"
+    )
+    parser.add_argument("--arch", default="llama", choices=sorted(ARCHES))
+    parser.add_argument("--n-trials", type=int, default=30, help="search budget (default 30)")
+    parser.add_argument("--run-dir", help="run directory (default runs/demo-<arch>)")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    err.print(
+        "[bold]abliterate demo[/bold]: the built-in model organism (a tiny chat model "
+        "trained to refuse harmful requests), built once and cached"
+    )
+    with stage_progress() as update:
+        organism = organism_path(args.arch, on_progress=update)
+    run_dir = Path(args.run_dir or f"runs/demo-v{ORGANISM_VERSION}-{args.arch}")
+    output = Path(args.output) if args.output else run_dir / "model"
+    settings = load_settings(
+        model=str(organism),
+        n_trials=args.n_trials,
+        max_response_length=32,
+        batch_size=32,
+        run_dir=str(run_dir),
+        select="min-kl-under:0.1",
+        output=str(output),
+        overwrite=args.output is None,
+    )
+    code = execute(settings)
+    if code:
+        return code
+    err.print("measuring the base organism and the abliterated one on held-out prompts")
+    result = evaluate_against_base(settings, str(output), str(organism))
+    out.print(before_after(result))
+    out.print(f"abliterated organism: {output}\nrun directory: {run_dir}", highlight=False)
+    return 0
+
+
+def before_after(result: dict) -> Table:
+    table = Table(
+        title="Organism before and after (held-out evaluation prompts)", title_justify="left"
+    )
+    for col in ("metric", "before", "after"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    rows = [
+        ("refusal rate, harmful prompts", "refusal_rate"),
+        ("over-refusal, harmless prompts", "overrefusal_rate"),
+        ("KL divergence from base", "kl"),
+        ("capability (exact match)", "capability"),
+    ]
+    for label, key in rows:
+        b, a = result["base_metrics"].get(key), result["metrics"].get(key)
+        if a is None:
+            continue
+        table.add_row(
+            label, "0" if key == "kl" else f"{b:.2f}", f"{a:.4f}" if key == "kl" else f"{a:.2f}"
+        )
+    return table

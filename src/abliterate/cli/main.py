@@ -1,0 +1,51 @@
+"""Entry point of the `abliterate` command: subcommands register themselves here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from abliterate import __version__
+from abliterate.cli import demo, evaluate, organism, run
+from abliterate.cli.console import err
+from abliterate.errors import AbliterateError
+
+# Each module adds its subparser(s) and sets `handler` on them.
+COMMANDS = [run, demo, evaluate, organism]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abliterate",
+        description="Remove the refusal behaviour of open-weight chat models.",
+    )
+    parser.add_argument("--version", action="version", version=f"abliterate {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks (anywhere on the line)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, not only before the subcommand.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except AbliterateError as exc:
+        if debug:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""`abliterate run MODEL`: the automatic search, with progress, the Pareto front and a choice."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from rich.prompt import Prompt
+from rich.table import Table
+
+from abliterate import pipeline
+from abliterate.atomic import check_output_free
+from abliterate.cli.console import err, out, progress
+from abliterate.cli.flags import add_settings_arguments, overrides
+from abliterate.config import Settings, load_settings
+from abliterate.errors import AbliterateError
+from abliterate.export.merged import export_merged
+from abliterate.model.arch import Layout
+from abliterate.search.select import Candidate, pareto_front, select
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="search automatically for the edit that removes refusals (the main command)",
+        description="Find refusal directions, search edits with Optuna, export the chosen one.",
+    )
+    parser.add_argument("model", help="Hugging Face model id or local model directory")
+    parser.add_argument("--config", help="TOML file with settings (flags override it)")
+    parser.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start over even if the run directory holds a run with other "
+        "settings (the old directory is kept under a new name)",
+    )
+    add_settings_arguments(parser, exclude={"model"})
+    parser.set_defaults(handler=handle)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, model=args.model, **overrides(args))
+
+
+def handle(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    return execute(settings, new_run=args.new_run)
+
+
+class Display:
+    """Rich rendering of pipeline events."""
+
+    def __init__(self):
+        self.bars = progress()
+        self.tasks: dict[str, int] = {}
+        self.started = time.perf_counter()
+
+    def events(self) -> pipeline.Events:
+        return pipeline.Events(message=self.message, progress=self.progress, trial=self.trial)
+
+    def message(self, text: str) -> None:
+        self.bars.console.print(f"  {text}", highlight=False)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bars.add_task(stage, total=total)
+        self.bars.update(self.tasks[stage], completed=done, total=total)
+        if done >= total and not stage.startswith("trials"):
+            self.bars.remove_task(self.tasks.pop(stage))
+
+    def trial(self, record: dict, counts: dict) -> None:
+        self.bars.console.print(trial_line(record), highlight=False)
+        self.progress("trials", counts["complete"], self.n_trials)
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bars.__exit__(*exc)
+
+
+def trial_line(record: dict) -> str:
+    """One line per trial: where and how hard it edited, and what that did."""
+    m, p = record["metrics"], record["params"]
+    short = {"attn_out": "attn", "mlp_down": "mlp"}
+    kern = " ".join(
+        f"{short.get(c, c)} {k['max_weight']:.2f}@{k['peak']:.1f}±{k['span']:.1f}"
+        for c, k in p["kernels"].items()
+    )
+    scope = f"dir {p['direction_index']:.2f}" if p["scope"] == "global" else "per-layer"
+    tag = " pruned" if record["pruned"] else ""
+    return (
+        f"  #{record['number']:<3} {scope:<9} {kern:<30} refusals {m['refusal_rate']:.2f} "
+        f"over {m.get('overrefusal_rate', 0):.2f} KL {m['kl']:.4f} "
+        f"{record['seconds']['total']:.1f}s{tag}"
+    )
+
+
+def layout_table(layout: Layout, components: list[str]) -> Table:
+    """Which weights are edited, per group of layers with the same layout."""
+    table = Table(title="Residual writers", title_justify="left", show_lines=False)
+    table.add_column("layers")
+    table.add_column("component")
+    table.add_column("weights edited")
+    groups: list[tuple[list[int], list[tuple[str, str]]]] = []
+    for i in range(layout.n_layers):
+        sig = [
+            (
+                w.component,
+                re.sub(r"\.\d+\.", ".", w.describe().split(layout.layers_path)[-1], count=1),
+            )
+            for w in layout.layer_writers(i)
+            if w.component in components
+        ]
+        if groups and groups[-1][1] == sig:
+            groups[-1][0].append(i)
+        else:
+            groups.append(([i], sig))
+    for layers, sig in groups:
+        span = f"{layers[0]}" if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+        for j, (comp, desc) in enumerate(sig):
+            table.add_row(span if j == 0 else "", comp, desc.lstrip("."))
+    if "embed" in components:
+        table.add_row("embed", "embed", layout.by_component("embed")[0].describe())
+    return table
+
+
+def front_table(
+    cands: list[Candidate], records: dict[int, dict], chosen: int | None = None
+) -> Table:
+    table = Table(title="Pareto front", title_justify="left")
+    for col in ("trial", "refusals", "over-refusal", "KL", "refusal score", "scope"):
+        table.add_column(col, justify="right" if col != "scope" else "left")
+    for c in cands:
+        rec = records.get(c.number, {})
+        m = rec.get("metrics", {})
+        mark = " *" if c.number == chosen else ""
+        table.add_row(
+            f"{c.number}{mark}",
+            f"{c.refusal_rate:.2f}",
+            f"{m.get('overrefusal_rate', 0):.2f}",
+            f"{c.kl:.4f}",
+            f"{c.refusal_score:.3f}",
+            rec.get("params", {}).get("scope", ""),
+        )
+    return table
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def execute(settings: Settings, new_run: bool = False) -> int:
+    settings = pipeline.resolve_prompt_defaults(settings)
+    if settings.output:
+        # Refuse now, not after the search: an hour of trials should not end in this error.
+        check_output_free(Path(settings.output), settings.overwrite)
+    err.print(f"[bold]abliterate run[/bold] {settings.model}")
+    with Display() as display:
+        display.n_trials = settings.n_trials
+        events = display.events()
+        session = pipeline.open_session(settings, events, new_run=new_run)
+        err.print(f"  run directory: {session.run_dir.path}")
+        err.print(layout_table(session.layout, list(settings.components)))
+        base = pipeline.measure_base(session, events)
+        err.print(
+            f"  base model: refusals {base['refusal_rate']:.2f}, over-refusal "
+            f"{base['overrefusal_rate']:.2f} on {len(session.prompts['harmful_eval_prompts'])} + "
+            f"{len(session.prompts['harmless_eval_prompts'])} evaluation prompts"
+        )
+        study, _lock = pipeline.open_study(session)
+        done = sum(1 for _ in session.run_dir.trial_numbers())
+        if done:
+            err.print(f"  resuming: {done} finished trial(s) in the run directory")
+        display.progress("trials", min(done, settings.n_trials), settings.n_trials)
+        try:
+            pipeline.search(session, events)
+        except KeyboardInterrupt:
+            err.print(
+                f"[yellow]interrupted[/yellow]: finished trials are saved in "
+                f"{session.run_dir.path}; run the same command to resume"
+            )
+            return 130
+    return choose_and_export(session, study)
+
+
+def choose_and_export(session: pipeline.Session, study) -> int:
+    settings = session.settings
+    pipeline.sync_trial_files(session, study)
+    cands = pipeline.candidates(study)
+    if not cands:
+        raise AbliterateError("no trial finished; nothing to choose from")
+    records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
+    front = pareto_front(cands)
+    base = _base_record(session)
+    if settings.select or not interactive():
+        chosen = select(cands, settings.select or "knee")
+        out.print(front_table(front, records, chosen.number))
+        err.print(f"chose trial {chosen.number} (policy {settings.select or 'knee'})")
+        if settings.output:
+            _export(session, records[chosen.number], settings.output, settings.export, base)
+        else:
+            err.print(
+                "no --output given: nothing exported (use `abliterate export "
+                f"{session.run_dir.path} --trial {chosen.number} --output DIR`)"
+            )
+        return 0
+    out.print(front_table(front, records))
+    return menu(session, front, records, base)
+
+
+def menu(session: pipeline.Session, front: list[Candidate], records: dict, base) -> int:
+    numbers = [str(c.number) for c in front]
+    while True:
+        pick = Prompt.ask(
+            "trial to use (or q to quit)", choices=[*numbers, "q"], default=numbers[0]
+        )
+        if pick == "q":
+            return 0
+        record = records[int(pick)]
+        action = Prompt.ask(
+            "action", choices=["merged", "adapter", "chat", "back", "quit"], default="merged"
+        )
+        if action == "quit":
+            return 0
+        if action == "back":
+            continue
+        if action == "chat":
+            from abliterate.cli.chat import chat_with_trial
+
+            chat_with_trial(session, record)
+            continue
+        target = Prompt.ask(
+            "output directory", default=f"{session.run_dir.path}-trial{pick}-{action}"
+        )
+        _export(session, record, target, action, base)
+
+
+def _export(session, record: dict, output: str, kind: str, base) -> None:
+    s = session.settings
+    if kind == "merged":
+        path = export_merged(session, record, output, s.max_shard_size, s.overwrite, base)
+    else:
+        from abliterate.export.adapter import export
+
+        path = export(session, record, output, kind, s.max_shard_size, s.overwrite, base)
+    err.print(f"[green]saved[/green] {kind} model of trial {record['number']} to {path}")
+
+
+def _base_record(session) -> dict | None:
+    path = session.run_dir.path / "base.json"
+    if path.is_file():
+        import json
+
+        return json.loads(path.read_text())
+    return None

@@ -1,0 +1,421 @@
+"""Typed settings: one model, read from a TOML file, `ABLITERATE_*` environment variables and
+command-line flags, in increasing precedence.
+
+Every setting has one name, used unchanged as the TOML key, as the environment variable
+(`ABLITERATE_<NAME>`) and as the flag (`--name-with-dashes`). Fields are grouped (the `group`
+in `json_schema_extra`) only for documentation: `config.default.toml` and `--help`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from abliterate.errors import AbliterateError
+from abliterate.eval.refusal import HEDGE_MARKERS, REASONING_DELIMITERS, REFUSAL_MARKERS
+
+Component = Literal["attn_out", "mlp_down", "embed"]
+COMPONENTS: tuple[str, ...] = ("attn_out", "mlp_down", "embed")
+
+
+class PromptSet(BaseModel):
+    """A prompt set: a local file or directory, or a Hugging Face dataset id."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    split: str = "train"
+    column: str = "text"
+
+    @classmethod
+    def parse(cls, spec: str) -> PromptSet:
+        """`path` or `id:split:column` (split and column optional), as given on the CLI."""
+        if Path(spec).exists():
+            return cls(dataset=spec)
+        parts = re.split(r":(?![^\[]*\])", spec)  # colons inside a slice [a:b] do not split
+        if len(parts) > 3:
+            raise AbliterateError(f"prompt set {spec!r}: expected PATH or ID[:SPLIT[:COLUMN]]")
+        fields = dict(zip(("dataset", "split", "column"), parts, strict=False))
+        return cls(**{k: v for k, v in fields.items() if v})
+
+    def describe(self) -> str:
+        if Path(self.dataset).exists():
+            return self.dataset
+        return f"{self.dataset}:{self.split}:{self.column}"
+
+
+def _field(default: Any, group: str, description: str, **kwargs: Any) -> Any:
+    return Field(default, description=description, json_schema_extra={"group": group}, **kwargs)
+
+
+_TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ABLITERATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- model -------------------------------------------------------------------------------
+    model: str = _field("", "model", "Hugging Face model id or local model directory.")
+    dtypes: list[str] = _field(
+        ["auto", "bfloat16", "float16", "float32"],
+        "model",
+        "Data types to try in order; the first that loads and generates one token wins.",
+    )
+    device_map: str = _field(
+        "auto", "model", "Device placement passed to transformers/accelerate ('auto', 'cpu'...)."
+    )
+    max_memory: dict[str, str] | None = _field(
+        None, "model", 'Memory cap per device for device_map, e.g. {"0": "20GiB", "cpu": "64GiB"}.'
+    )
+    offload_folder: str | None = _field(
+        None, "model", "Folder for accelerate's disk offload when the model exceeds RAM + VRAM."
+    )
+    quantization: Literal["none", "bnb_4bit"] = _field(
+        "none", "model", "Load the model in 4-bit with bitsandbytes (CUDA only)."
+    )
+    trust_remote_code: bool = _field(
+        False, "model", "Allow model code from the model repository to run."
+    )
+    chat_template: str | None = _field(
+        None, "model", "Jinja chat template file, for tokenizers that have none."
+    )
+    batch_size: int = _field(0, "model", "Prompts per batch; 0 finds the largest that fits.", ge=0)
+    max_batch_size: int = _field(64, "model", "Upper bound for the automatic batch size.", ge=1)
+    system_prompt: str | None = _field(
+        None, "model", "System prompt for every conversation; none uses the template's default."
+    )
+
+    # -- prompts -----------------------------------------------------------------------------
+    harmful_prompts: PromptSet = _field(
+        PromptSet(dataset="mlabonne/harmful_behaviors", split="train[:400]"),
+        "prompts",
+        "Harmful prompts for computing refusal directions.",
+    )
+    harmless_prompts: PromptSet = _field(
+        PromptSet(dataset="mlabonne/harmless_alpaca", split="train[:400]"),
+        "prompts",
+        "Harmless prompts for computing refusal directions.",
+    )
+    harmful_eval_prompts: PromptSet = _field(
+        PromptSet(dataset="mlabonne/harmful_behaviors", split="test[:100]"),
+        "prompts",
+        "Harmful prompts for measuring refusals of each trial.",
+    )
+    harmless_eval_prompts: PromptSet = _field(
+        PromptSet(dataset="mlabonne/harmless_alpaca", split="test[:100]"),
+        "prompts",
+        "Harmless prompts for KL divergence and over-refusal of each trial.",
+    )
+
+    # -- directions --------------------------------------------------------------------------
+    residual_stream: Literal["pre", "mid", "post"] = _field(
+        "post",
+        "directions",
+        "Where residuals are read: input of each layer (pre), after the attention add (mid), "
+        "or output of each layer (post).",
+    )
+    winsorize_quantile: float = _field(
+        1.0,
+        "directions",
+        "Clamp each residual vector to this quantile of its absolute values (1.0 = off).",
+        gt=0.0,
+        le=1.0,
+    )
+    orthogonalize_direction: bool = _field(
+        True,
+        "directions",
+        "Remove the component along the harmless mean from each direction (projected "
+        "abliteration, grimjim).",
+    )
+    benign_subspace_rank: int = _field(
+        0,
+        "directions",
+        "Top principal directions of the harmless residuals to keep out of the refusal "
+        "direction (ICONOCLAST); 0 disables.",
+        ge=0,
+    )
+    direction_variance_floor: float = _field(
+        0.01,
+        "directions",
+        "Ignore benign principal directions whose variance is below this fraction of the top one.",
+        ge=0.0,
+        lt=1.0,
+    )
+    direction_scope: Literal["search", "global", "per_layer"] = _field(
+        "search",
+        "directions",
+        "One interpolated direction for all layers (global), each layer's own (per_layer), "
+        "or let the search choose per trial.",
+    )
+    direction_file: str | None = _field(
+        None,
+        "directions",
+        "Use directions from this safetensors file (from `abliterate directions`) "
+        "instead of computing them.",
+    )
+
+    # -- edit --------------------------------------------------------------------------------
+    components: list[Component] = _field(
+        ["attn_out", "mlp_down"],
+        "edit",
+        "Residual writers to edit: attention/mixer outputs, MLP down projections, embeddings.",
+    )
+    row_normalization: Literal["none", "pre", "full"] = _field(
+        "none",
+        "edit",
+        "none; pre: compute the edit on row-normalised weights; full: also restore row norms "
+        "(norm-preserving, stored as a low-rank delta).",
+    )
+    full_normalization_rank: int = _field(
+        3, "edit", "Rank of the delta kept when row_normalization = full.", ge=1
+    )
+
+    # -- search ------------------------------------------------------------------------------
+    n_trials: int = _field(200, "search", "Trials in the study (in total, across workers).", ge=1)
+    n_startup_trials: int | None = _field(
+        None,
+        "search",
+        "Random trials before TPE starts modelling; unset = 30% of n_trials, at most 60.",
+        ge=0,
+    )
+    seed: int = _field(0, "search", "Seed of the sampler.")
+    max_weight_range: tuple[float, float] = _field(
+        (0.5, 2.0), "search", "Range of a component's peak edit strength."
+    )
+    peak_range: tuple[float, float] = _field(
+        (0.4, 1.0), "search", "Range of the kernel's peak position, as a fraction of the layers."
+    )
+    span_range: tuple[float, float] = _field(
+        (0.05, 0.6),
+        "search",
+        "Range of the kernel's half-width, as a fraction of the layers (at least one layer).",
+    )
+    min_weight_range: tuple[float, float] = _field(
+        (0.0, 1.0), "search", "Range of the kernel's edge strength, as a fraction of max weight."
+    )
+    direction_index_range: tuple[float, float] = _field(
+        (0.3, 0.9),
+        "search",
+        "Range of the global direction's layer index, as a fraction of the layers.",
+    )
+    embed_weight_range: tuple[float, float] = _field(
+        (0.0, 1.0), "search", "Range of the embedding edit strength (when embed is edited)."
+    )
+
+    # -- evaluation --------------------------------------------------------------------------
+    max_response_length: int = _field(
+        100, "evaluation", "New tokens generated per response when counting refusals.", ge=1
+    )
+    kl_token_count: int = _field(
+        1,
+        "evaluation",
+        "Tokens over which KL divergence is averaged: 1 = first token; N > 1 = the first N "
+        "tokens of the base model's own greedy answers (for reasoning models).",
+        ge=1,
+    )
+    kl_divergence_target: float = _field(
+        0.01,
+        "evaluation",
+        "Below this KL divergence the KL objective stops rewarding further reductions.",
+        ge=0.0,
+    )
+    kl_prune_threshold: float = _field(
+        5.0,
+        "evaluation",
+        "Trials whose KL divergence exceeds this skip refusal generation (recorded as pruned).",
+        gt=0.0,
+    )
+    overrefusal_penalty: float = _field(
+        1.0, "evaluation", "Weight of the over-refusal rate in the refusal objective.", ge=0.0
+    )
+    harmful_marker_penalty: float = _field(
+        0.1,
+        "evaluation",
+        "Weight of the share of compliant harmful answers that still moralise.",
+        ge=0.0,
+    )
+    compliance_gap_penalty: float = _field(
+        0.0,
+        "evaluation",
+        "Weight of |harmless compliance - harmful compliance| in the refusal objective.",
+        ge=0.0,
+    )
+    capability_prompts: str | None = _field(
+        None,
+        "evaluation",
+        'JSONL of {"prompt", "answer"} exact-match probes reported by evaluate and demo '
+        "(default: eval/capability.jsonl of the model directory, if any).",
+    )
+    refusal_markers: list[str] = _field(
+        list(REFUSAL_MARKERS), "evaluation", "Substrings that make a response a refusal."
+    )
+    hedge_markers: list[str] = _field(
+        list(HEDGE_MARKERS), "evaluation", "Substrings of moralising in a compliant answer."
+    )
+    reasoning_delimiters: list[tuple[str, str]] = _field(
+        list(REASONING_DELIMITERS),
+        "evaluation",
+        "Chain-of-thought blocks (open, close) skipped before looking for markers.",
+    )
+
+    # -- run ---------------------------------------------------------------------------------
+    run_dir: str | None = _field(None, "run", "Run directory; default runs/<model name>.")
+    storage: str | None = _field(
+        None,
+        "run",
+        "Optuna storage URL (sqlite:///..., postgresql://...); default a journal file in the "
+        "run directory.",
+    )
+    study_name: str = _field("abliterate", "run", "Name of the Optuna study in the storage.")
+    output: str | None = _field(None, "run", "Write the chosen model here when the search ends.")
+    export: Literal["merged", "adapter", "both"] = _field(
+        "merged", "run", "What --output receives: merged weights, a LoRA adapter, or both."
+    )
+    select: str | None = _field(
+        None,
+        "run",
+        "Choose a trial without asking: min-kl-under:R, min-refusals or knee.",
+    )
+    max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
+    overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.n_startup_trials is not None and self.n_startup_trials > self.n_trials:
+            raise ValueError(
+                f"n_startup_trials ({self.n_startup_trials}) > n_trials ({self.n_trials})"
+            )
+        for name in (
+            "max_weight_range",
+            "peak_range",
+            "span_range",
+            "min_weight_range",
+            "direction_index_range",
+            "embed_weight_range",
+        ):
+            lo, hi = getattr(self, name)
+            if lo < 0 or hi < lo:
+                raise ValueError(f"{name} = ({lo}, {hi}): need 0 <= low <= high")
+        if self.span_range[1] <= 0:
+            raise ValueError("span_range upper bound must be positive (span 0 edits nothing)")
+        if self.max_weight_range[1] <= 0:
+            raise ValueError("max_weight_range upper bound must be positive")
+        if not self.components:
+            raise ValueError("components is empty: nothing would be edited")
+        if not self.dtypes:
+            raise ValueError("dtypes is empty")
+        return self
+
+    @property
+    def startup_trials(self) -> int:
+        if self.n_startup_trials is not None:
+            return self.n_startup_trials
+        return min(60, math.ceil(0.3 * self.n_trials))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: flags (init kwargs) > environment > TOML file > defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _TOML_FILE.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Resolve settings from `config_file`, the environment and `flags` (highest precedence).
+
+    Raises AbliterateError with one readable line per problem."""
+    if config_file is not None:
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise AbliterateError(f"config file {config_file} does not exist")
+    token = _TOML_FILE.set(config_file)
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise AbliterateError(format_validation_error(exc)) from None
+    finally:
+        _TOML_FILE.reset(token)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}" if e["loc"] else msg)
+    return "invalid settings: " + "; ".join(problems)
+
+
+def field_group(name: str) -> str:
+    extra = Settings.model_fields[name].json_schema_extra
+    return extra["group"] if isinstance(extra, dict) else "other"
+
+
+def default_toml() -> str:
+    """The text of config.default.toml: every setting with its default and description."""
+    import tomli_w
+
+    from abliterate.cli.flags import GROUP_TITLES
+
+    lines = [
+        "# abliterate settings with their defaults. Copy the keys you want to change into your",
+        "# own file and pass it with --config. Environment variables ABLITERATE_<NAME> and",
+        "# command-line flags --name-with-dashes override the file, in that order.",
+        "",
+    ]
+    defaults = Settings.model_construct().model_dump(mode="json")
+    tables = []
+    current = None
+    for name, field in Settings.model_fields.items():
+        value = defaults[name]
+        group = field_group(name)
+        if isinstance(value, dict) and name.endswith("_prompts"):
+            tables.append((name, field, value))
+            continue
+        if group != current:
+            lines += ["", f"# -- {GROUP_TITLES.get(group, group)} --"]
+            current = group
+        lines += [f"# {line}" for line in _wrap(field.description)]
+        if value is None:
+            lines.append(f"# {name} = (unset)")
+        else:
+            lines.append(tomli_w.dumps({name: value}).strip())
+    lines += ["", "# -- prompt sets: a local file or directory, or a Hugging Face dataset --"]
+    for name, field, value in tables:
+        lines += ["", *[f"# {line}" for line in _wrap(field.description)], f"[{name}]"]
+        lines += [tomli_w.dumps({k: v}).strip() for k, v in value.items()]
+    return "\n".join(lines).replace("\n\n\n", "\n\n").lstrip() + "\n"
+
+
+def _wrap(text: str | None, width: int = 96) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text or "", width)
+
+
+if __name__ == "__main__":
+    print(default_toml(), end="")

@@ -1,0 +1,115 @@
+"""One evaluation of the model as it currently is (edited or not): generation on the evaluation
+prompts, KL against the base model, and every metric the objective needs.
+
+The evaluator is built once per run, on the unedited model: base log-probabilities (and, for
+`kl_token_count > 1`, base answers) are computed then and reused for every trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from abliterate.eval import kl as kl_mod
+from abliterate.eval.generate import generate
+from abliterate.eval.scorers import MarkerConfig, Observation, needed, score
+from abliterate.prompts import chat_texts
+
+
+@dataclass
+class EvalSettings:
+    max_response_length: int = 100
+    batch_size: int = 16
+    system_prompt: str | None = None
+    kl_token_count: int = 1
+    markers: MarkerConfig = field(default_factory=lambda: MarkerConfig((), ()))
+    scorers: tuple[str, ...] = (
+        "refusal_rate",
+        "overrefusal_rate",
+        "harmful_marker_rate",
+        "compliance_gap",
+        "kl",
+    )
+
+
+@dataclass
+class Metrics:
+    values: dict[str, float]
+    harmful_responses: list[str] | None = None
+    harmless_responses: list[str] | None = None
+    pruned: bool = False
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+
+Progress = Callable[[str, int, int], None]
+
+
+class Evaluator:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        harmful_prompts: Sequence[str],
+        harmless_prompts: Sequence[str],
+        settings: EvalSettings,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.harmful_prompts = list(harmful_prompts)
+        self.harmless_prompts = list(harmless_prompts)
+        self.harmful_texts = chat_texts(tokenizer, harmful_prompts, settings.system_prompt)
+        self.harmless_texts = chat_texts(tokenizer, harmless_prompts, settings.system_prompt)
+        self.needs = needed(settings.scorers)
+        # Computed on the model as it is now: call before any edit.
+        self.reference = kl_mod.reference(
+            model, tokenizer, self.harmless_texts, settings.kl_token_count, settings.batch_size
+        )
+
+    def kl(self) -> float:
+        return kl_mod.kl_divergence(self.model, self.reference)
+
+    def _responses(self, texts: list[str], stage: str, progress: Progress | None) -> list[str]:
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(stage, done, len(texts))
+
+        return generate(
+            self.model,
+            self.tokenizer,
+            texts,
+            self.settings.max_response_length,
+            self.settings.batch_size,
+            stop_markers=self.settings.markers.refusal,
+            on_batch=tick,
+        )
+
+    def evaluate(
+        self,
+        prune_kl: float | None = None,
+        fallback: Metrics | None = None,
+        progress: Progress | None = None,
+    ) -> Metrics:
+        """All metrics of the current model. If its KL exceeds `prune_kl`, generation is skipped
+        and the refusal metrics are taken from `fallback` (the base model's): a pessimistic
+        guess that costs one forward pass instead of a full generation."""
+        kl_value = self.kl() if "kl" in self.needs else None
+        if prune_kl is not None and kl_value is not None and kl_value > prune_kl and fallback:
+            values = {**fallback.values, "kl": kl_value}
+            return Metrics(values, pruned=True)
+        obs = Observation(kl=kl_value, markers=self.settings.markers)
+        if "harmful_responses" in self.needs:
+            obs.harmful_responses = self._responses(self.harmful_texts, "harmful", progress)
+        if "harmless_responses" in self.needs:
+            obs.harmless_responses = self._responses(self.harmless_texts, "harmless", progress)
+        return Metrics(
+            score(obs, self.settings.scorers), obs.harmful_responses, obs.harmless_responses
+        )

@@ -1,0 +1,99 @@
+"""KL divergence of an edited model from the base model on harmless prompts.
+
+First-token KL (Heretic's measure) compares next-token distributions at the end of each
+chat-formatted prompt. It is blind when the first token is fixed (reasoning models always open
+with `<think>`), so `token_count = N > 1` compares the distributions over the first N tokens of
+the *base* model's own greedy answers, teacher-forced: one forward pass per batch, base answers
+and base log-probabilities computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from abliterate.eval.generate import model_device
+
+
+@dataclass
+class KLReference:
+    """What the base model said on the harmless prompts, for comparing edits against."""
+
+    input_ids: list[Tensor]  # per batch: (b, width) prompt (+ base answer) ids, left-padded
+    attention_mask: list[Tensor]
+    logprobs: list[Tensor]  # per batch: (b, N, vocab) float32 (float16 when N > 1), on CPU
+    token_count: int
+
+
+@torch.inference_mode()
+def _logprobs(model: PreTrainedModel, ids: Tensor, mask: Tensor, n: int) -> Tensor:
+    """(b, n, vocab) log-probabilities. For n = 1, `ids` is the prompt and the distribution is
+    the one at its last position. For n > 1, `ids` is prompt + n answer tokens and these are the
+    distributions that predicted each answer token."""
+    device = model_device(model)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    width = ids.shape[1]
+    picked = logits[:, width - 1 :] if n == 1 else logits[:, width - n - 1 : width - 1]
+    return torch.log_softmax(picked.float(), dim=-1)
+
+
+@torch.inference_mode()
+def reference(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    token_count: int = 1,
+    batch_size: int = 32,
+) -> KLReference:
+    """Base-model log-probabilities (and, for N > 1, the base answers that are teacher-forced)."""
+    ref = KLReference([], [], [], token_count)
+    device = model_device(model)
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[start : start + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if token_count > 1:
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=token_count,
+                min_new_tokens=token_count,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            ids = out.cpu()
+            mask = torch.cat([mask, torch.ones(ids.shape[0], token_count, dtype=mask.dtype)], 1)
+        lp = _logprobs(model, ids, mask, token_count)
+        ref.input_ids.append(ids)
+        ref.attention_mask.append(mask)
+        ref.logprobs.append((lp if token_count == 1 else lp.half()).cpu())
+    return ref
+
+
+def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
+    """KL(P_base || P_edited) per row, summed over the vocabulary: (..., V) -> (...)."""
+    base = base.float()
+    return (base.exp() * (base - edited.float())).sum(-1)
+
+
+@torch.inference_mode()
+def kl_divergence(model: PreTrainedModel, ref: KLReference) -> float:
+    """Mean over prompts (and over the N tokens) of KL(P_base || P_edited)."""
+    total, count = 0.0, 0
+    for ids, mask, base in zip(ref.input_ids, ref.attention_mask, ref.logprobs, strict=True):
+        edited = _logprobs(model, ids, mask, ref.token_count).cpu()
+        kl = kl_from_logprobs(base, edited)  # (b, N)
+        total += kl.sum().item()
+        count += kl.numel()
+    return total / count

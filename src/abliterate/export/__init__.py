@@ -1,0 +1,1 @@
+"""What a run leaves behind: merged weights, LoRA adapters, model cards, uploads."""

@@ -1,0 +1,116 @@
+"""The model card (README.md) of an export."""
+
+from __future__ import annotations
+
+import shlex
+
+from abliterate import __version__
+
+METRIC_ROWS = (
+    ("refusal rate (harmful prompts)", "refusal_rate"),
+    ("over-refusal (harmless prompts)", "overrefusal_rate"),
+    ("KL divergence from base (harmless prompts)", "kl"),
+    ("harmful answers that still moralise", "harmful_marker_rate"),
+    ("capability (exact match)", "capability"),
+)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4f}" if x < 0.01 else f"{x:.3f}"
+
+
+def metrics_table(metrics: dict, base: dict) -> str:
+    rows = ["| metric | base model | this model |", "| --- | --- | --- |"]
+    for label, key in METRIC_ROWS:
+        if key not in metrics and key not in base:
+            continue
+        before = "0" if key == "kl" else _fmt(base.get(key))
+        rows.append(f"| {label} | {before} | {_fmt(metrics.get(key))} |")
+    return "\n".join(rows)
+
+
+def kernel_table(params: dict) -> str:
+    rows = [
+        "| component | max weight | peak layer | min weight | span (layers) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for comp, k in params["kernels"].items():
+        rows.append(
+            f"| {comp} | {k['max_weight']:.3f} | {k['peak']:.2f} | "
+            f"{k['min_weight']:.3f} | {k['span']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def method_text(settings, params: dict) -> str:
+    options = []
+    if settings.orthogonalize_direction:
+        options.append("projected against the harmless mean")
+    if settings.benign_subspace_rank:
+        options.append(
+            f"kept out of the top {settings.benign_subspace_rank} harmless principal directions"
+        )
+    scope = params["scope"]
+    if params.get("direction_index") is not None:
+        scope += f", index {params['direction_index']:.3f}"
+    return (
+        "Refusal directions are the normalised difference of mean residuals (stream "
+        f"`{settings.residual_stream}`, last prompt token) between harmful and harmless prompts"
+        f"{'; ' + ', '.join(options) if options else ''}. Each residual writer `W` was edited as "
+        "`W' = W - lambda(l) v (v^T W)` (row normalisation "
+        f"`{settings.row_normalization}`), with `lambda(l)` a per-layer kernel per component. "
+        f"Direction scope: {scope}."
+    )
+
+
+def model_card(settings, record: dict, base: dict | None, kind: str, extra: str = "") -> str:
+    params = record["params"]
+    command = [
+        "abliterate",
+        "run",
+        settings.model,
+        "--config",
+        "abliterate.toml",
+        "--select",
+        f"trial:{record['number']}",
+        "--output",
+        "OUT",
+    ]
+    what = "LoRA adapter" if kind == "adapter" else "model"
+    name = settings.model.rstrip("/").split("/")[-1]
+    return f"""---
+base_model: {settings.model}
+library_name: {"peft" if kind == "adapter" else "transformers"}
+tags: [abliterate, abliterated, uncensored]
+---
+# {name}, abliterated
+
+This {what} was made from `{settings.model}` with abliterate {__version__}: the weights that write
+into the residual stream were orthogonalized against the model's refusal direction, with the
+strength of the edit per layer chosen by an automatic search (trial {record["number"]}).
+
+## Metrics
+
+{metrics_table(record["metrics"], (base or {}).get("metrics", {}))}
+
+Evaluation prompts: harmful `{settings.harmful_eval_prompts.describe()}`, harmless
+`{settings.harmless_eval_prompts.describe()}`; greedy decoding, {settings.max_response_length}
+new tokens, refusals detected by markers.
+
+## Method
+
+{method_text(settings, params)}
+
+{kernel_table(params)}
+{extra}
+## Reproduce
+
+```bash
+{shlex.join(command)}
+```
+
+`abliterate.toml` holds every setting of the run, `trial.json` the trial's parameters, metrics
+and the direction used.
+"""

@@ -1,0 +1,39 @@
+"""Export the edited model as ordinary sharded safetensors plus tokenizer and metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from abliterate.atomic import atomic_directory
+from abliterate.edit.plan import EditParams, plan
+from abliterate.export.card import model_card
+from abliterate.export.metadata import write_metadata
+from abliterate.model.loading import load_tokenizer
+
+
+def export_merged(
+    session,
+    record: dict,
+    output: str | Path,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    base: dict | None = None,
+) -> Path:
+    """Apply trial `record` to the session's model, save it to `output`, restore the model.
+
+    Written to a temporary directory and renamed when complete: an interrupted export leaves
+    nothing behind, and the source model is never touched."""
+    s = session.settings
+    edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
+    session.editor.apply(edits)
+    try:
+        with atomic_directory(output, overwrite) as tmp:
+            session.model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            # The tokenizer as shipped, not the session's one set up for batched generation.
+            load_tokenizer(
+                s.model, s.chat_template, s.trust_remote_code, batching=False
+            ).save_pretrained(tmp)
+            write_metadata(tmp, s, record, edits, base, model_card(s, record, base, "merged"))
+    finally:
+        session.editor.reset()
+    return Path(output)

@@ -1,0 +1,33 @@
+"""The files that travel with every export: settings, trial record, model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from abliterate.edit.plan import WriterEdit
+from abliterate.runs import settings_dict, to_toml
+
+
+def direction_record(edits: list[WriterEdit], scope: str) -> dict:
+    """The unit directions the edit used: one for a global scope, one per layer otherwise."""
+    rounded = lambda t: [round(float(x), 7) for x in t]  # noqa: E731
+    if scope == "global" and edits:
+        return {"scope": "global", "vector": rounded(edits[0].direction)}
+    per_layer = {}
+    for e in edits:
+        per_layer.setdefault(str(e.writer.layer), rounded(e.direction))
+    return {"scope": scope, "vectors": per_layer}
+
+
+def write_metadata(
+    directory: Path, settings, record: dict, edits: list[WriterEdit], base: dict | None, card: str
+) -> None:
+    data = settings_dict(settings)
+    data["export"] = {"trial": record["number"]}
+    (directory / "abliterate.toml").write_text(to_toml(data), encoding="utf-8")
+    trial = {**record, "direction": direction_record(edits, record["params"]["scope"])}
+    if base is not None:
+        trial["base_metrics"] = base
+    (directory / "trial.json").write_text(json.dumps(trial, indent=2), encoding="utf-8")
+    (directory / "README.md").write_text(card, encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Loading models and understanding their layout."""

@@ -1,0 +1,497 @@
+"""The orchestrator of `abliterate run`: stages in order, each result saved in the run directory.
+
+    1. run directory   resolve it, check that resuming is sound, save the settings
+    2. model           load model and tokenizer, find every residual writer
+    3. prompt sets     load the four sets, format them as chat turns
+    4. directions      load them from the run directory, or compute and save them
+    5. base metrics    the unedited model on the evaluation prompts (reference for every trial)
+    6. search          Optuna trials until the study holds n_trials complete ones
+    7. choice          the Pareto front, and a trial chosen by policy or by the user (CLI)
+
+Stage functions do the work; progress and messages go to an `Events` object, so the library
+prints nothing and the CLI decides how things look.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from abliterate import activations
+from abliterate import directions as dirmath
+from abliterate.config import Settings
+from abliterate.edit.editor import WeightEditor, untie_embeddings
+from abliterate.edit.plan import Directions, EditParams, plan, strength_table
+from abliterate.errors import AbliterateError
+from abliterate.eval.evaluate import EvalSettings, Evaluator, Metrics
+from abliterate.eval.scorers import MarkerConfig
+from abliterate.model import loading
+from abliterate.model.arch import Layout, discover
+from abliterate.prompts import chat_texts, load_prompt_set
+from abliterate.runs import RunDir
+from abliterate.search import study as st
+from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
+from abliterate.search.select import Candidate
+from abliterate.search.space import SpaceConfig, suggest
+
+SAMPLES = 5  # responses kept per prompt set in each trial record
+
+
+@dataclass
+class Events:
+    """Callbacks from the pipeline; every one is optional."""
+
+    message: Callable[[str], None] = lambda _m: None
+    progress: Callable[[str, int, int], None] = lambda _s, _d, _t: None
+    trial: Callable[[dict, dict], None] = lambda _record, _counts: None
+
+
+@dataclass
+class Session:
+    """A loaded model in its run: what `run`, `export` and `chat --trial` work on."""
+
+    settings: Settings
+    run_dir: RunDir
+    model: Any
+    tokenizer: Any
+    layout: Layout
+    directions: Directions
+    editor: WeightEditor
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+    evaluator: Evaluator | None = None
+    base: Metrics | None = None
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    batch_size: int = 16
+
+    @property
+    def base_refusal_rate(self) -> float:
+        assert self.base is not None
+        return self.base["refusal_rate"]
+
+
+# -- 1-4: run directory, model, prompts, directions ------------------------------------------
+
+
+def resolve_prompt_defaults(settings: Settings, root: str | None = None) -> Settings:
+    """A model directory that carries `prompts/` and `eval/` (the organism) supplies the prompt
+    sets that were not set explicitly. `root` defaults to the model itself."""
+    root = Path(root or settings.model)
+    files = {
+        "harmful_prompts": root / "prompts" / "harmful.txt",
+        "harmless_prompts": root / "prompts" / "harmless.txt",
+        "harmful_eval_prompts": root / "eval" / "harmful.txt",
+        "harmless_eval_prompts": root / "eval" / "harmless.txt",
+    }
+    updates: dict[str, Any] = {
+        key: {"dataset": str(path), "split": "train", "column": "text"}
+        for key, path in files.items()
+        if key not in settings.model_fields_set and path.is_file()
+    }
+    probes = root / "eval" / "capability.jsonl"
+    if settings.capability_prompts is None and probes.is_file():
+        updates["capability_prompts"] = str(probes)
+    if not updates:
+        return settings
+    return Settings.model_validate({**settings.model_dump(), **updates})
+
+
+def load_prompts(settings: Settings) -> dict[str, list[str]]:
+    sets = {}
+    for key in (
+        "harmful_prompts",
+        "harmless_prompts",
+        "harmful_eval_prompts",
+        "harmless_eval_prompts",
+    ):
+        spec = getattr(settings, key)
+        sets[key] = load_prompt_set(spec.dataset, spec.split, spec.column)
+    return sets
+
+
+def load_model(settings: Settings, events: Events) -> loading.Loaded:
+    return loading.load(
+        settings.model,
+        dtypes=settings.dtypes,
+        device_map=settings.device_map,
+        max_memory=settings.max_memory,
+        offload_folder=settings.offload_folder,
+        quantization=settings.quantization,
+        trust_remote_code=settings.trust_remote_code,
+        chat_template=settings.chat_template,
+        on_message=events.message,
+    )
+
+
+def batch_size(settings: Settings, model) -> int:
+    """The configured batch size, or for 0 a size that suits the device."""
+    if settings.batch_size:
+        return settings.batch_size
+    device = model.get_input_embeddings().weight.device
+    if device.type != "cuda":
+        return min(settings.max_batch_size, 16)
+    free, _total = torch.cuda.mem_get_info(device)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Generation memory grows with batch x length x layers x hidden; this stays well inside it.
+    per_row = max(
+        1,
+        4
+        * model.config.get_text_config().num_hidden_layers
+        * model.get_input_embeddings().weight.shape[1]
+        * 1024
+        * 2,
+    )
+    fit = max(1, int(0.5 * max(free - 0.1 * params, 0) // per_row))
+    return max(1, min(settings.max_batch_size, 2 ** (fit.bit_length() - 1)))
+
+
+def counter(events: Events, stage: str, total: int) -> Callable[[int], None]:
+    """A per-batch callback that reports the cumulative progress of one stage."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        events.progress(stage, done, total)
+
+    return tick
+
+
+def compute_directions(
+    model,
+    tokenizer,
+    layout: Layout,
+    settings: Settings,
+    prompts: dict[str, list[str]],
+    events: Events,
+    bs: int,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Residual means of both sets, refusal directions, benign bases and per-layer statistics."""
+    residuals = {}
+    for key in ("harmful_prompts", "harmless_prompts"):
+        texts = chat_texts(tokenizer, prompts[key], settings.system_prompt)
+        tick = counter(events, f"residuals ({key.split('_')[0]})", len(texts))
+        residuals[key] = activations.collect(
+            model,
+            tokenizer,
+            layout,
+            texts,
+            settings.residual_stream,
+            bs,
+            settings.winsorize_quantile,
+            keep_full=True,
+            on_batch=tick,
+        )
+    return direction_tensors(residuals["harmful_prompts"], residuals["harmless_prompts"], settings)
+
+
+def direction_tensors(
+    bad: activations.Residuals, good: activations.Residuals, settings: Settings
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    lead = dirmath.uninformative_prefix(bad.mean - good.mean)
+    raw = dirmath.mean_difference(bad.mean[lead:], good.mean[lead:])
+    final = dirmath.project_out(raw, good.mean[lead:]) if settings.orthogonalize_direction else raw
+    raw, final = dirmath.fill_prefix(raw, lead), dirmath.fill_prefix(final, lead)  # (L + 1, d)
+    tensors = {
+        "harmful_mean": bad.mean.float(),
+        "harmless_mean": good.mean.float(),
+        "mean_difference": raw.float(),
+        "directions": final.float(),
+        **layer_statistics(bad, good, raw),
+    }
+    k = settings.benign_subspace_rank
+    if k > 0:
+        bases = []
+        for pos in range(1, good.full.shape[1]):
+            basis = dirmath.benign_basis(
+                good.full[:, pos].float(), k, settings.direction_variance_floor
+            )
+            bases.append(torch.cat([basis, basis.new_zeros(k - basis.shape[0], basis.shape[1])]))
+        tensors["benign"] = torch.stack(bases).float()  # (L, k, d)
+    tensors.update(plot_samples(bad, good))
+    meta = {
+        "stream": settings.residual_stream,
+        "orthogonalize_direction": settings.orthogonalize_direction,
+        "benign_subspace_rank": k,
+        "direction_variance_floor": settings.direction_variance_floor,
+        "winsorize_quantile": settings.winsorize_quantile,
+        "n_harmful": bad.count,
+        "n_harmless": good.count,
+        "positions": "0 = embedding output, l + 1 = decoder layer l",
+        "uninformative_positions": lead,
+    }
+    return tensors, meta
+
+
+def layer_statistics(
+    bad: activations.Residuals, good: activations.Residuals, raw: Tensor
+) -> dict[str, Tensor]:
+    """Per position: |mean difference|, cosine of the two means, and the separation of the
+    two sets along the direction (difference of projected means over pooled std)."""
+    diff_norm = torch.linalg.vector_norm(bad.mean - good.mean, dim=-1)
+    cos = torch.nn.functional.cosine_similarity(bad.mean, good.mean, dim=-1)
+    pb = torch.einsum("npd,pd->np", bad.full.float(), raw.float())
+    pg = torch.einsum("npd,pd->np", good.full.float(), raw.float())
+    pooled = ((pb.var(0) + pg.var(0)) / 2).clamp_min(1e-12).sqrt()
+    return {
+        "mean_difference_norm": diff_norm.float(),
+        "means_cosine": cos.float(),
+        "separation": ((pb.mean(0) - pg.mean(0)) / pooled).float(),
+    }
+
+
+def plot_samples(
+    bad: activations.Residuals, good: activations.Residuals, n_layers: int = 4, n_rows: int = 200
+) -> dict[str, Tensor]:
+    """Residuals of a few evenly spaced layers, for the report's 2-D projections."""
+    positions = bad.full.shape[1]
+    picks = sorted({round(x) for x in torch.linspace(1, positions - 1, n_layers).tolist()})
+    idx = torch.tensor(picks)
+    return {
+        "plot_positions": idx,
+        "plot_harmful": bad.full[:n_rows, idx].half(),
+        "plot_harmless": good.full[:n_rows, idx].half(),
+    }
+
+
+def directions_from_tensors(tensors: dict[str, Tensor]) -> Directions:
+    d = tensors["directions"].float()
+    return Directions(per_layer=d[1:], embedding=d[0], benign=tensors.get("benign"))
+
+
+def open_session(
+    settings: Settings, events: Events | None = None, new_run: bool = False, for_search: bool = True
+) -> Session:
+    """Stages 1-4. Also used by export and chat, which only need the directions."""
+    events = events or Events()
+    settings = resolve_prompt_defaults(settings)
+    run_dir = RunDir.for_settings(settings)
+    loading.resolve(settings.model, settings.trust_remote_code)  # a missing model first
+    if for_search:
+        run_dir.check(settings, new_run=new_run)
+    loaded = load_model(settings, events)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if "embed" in settings.components and untie_embeddings(model):
+        events.message(
+            "input and output embeddings were tied; untied them so that editing the "
+            "embedding leaves the output head as it was"
+        )
+    layout = discover(model)
+    for warning in layout.warnings:
+        events.message(f"[yellow]warning:[/yellow] {warning}")
+    prompts = load_prompts(settings)
+    if for_search:
+        run_dir.commit(settings, new_run=new_run)
+    bs = batch_size(settings, model)
+    stored = run_dir.load_directions()
+    if settings.direction_file:
+        tensors, _meta = _external_directions(settings.direction_file, layout)
+    elif stored is not None:
+        tensors, _meta = stored
+        events.message(f"directions loaded from {run_dir.directions_file}")
+    else:
+        tensors, meta = compute_directions(model, tokenizer, layout, settings, prompts, events, bs)
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.save_directions(tensors, meta)
+    directions = directions_from_tensors(tensors)
+    _check_shape(directions, layout)
+    editor = WeightEditor(layout, settings.row_normalization, settings.full_normalization_rank)
+    return Session(
+        settings,
+        run_dir,
+        model,
+        tokenizer,
+        layout,
+        directions,
+        editor,
+        prompts,
+        weights=ObjectiveWeights.from_settings(settings),
+        batch_size=bs,
+    )
+
+
+def _external_directions(path: str, layout: Layout) -> tuple[dict[str, Tensor], dict]:
+    from abliterate.runs import read_directions
+
+    p = Path(path)
+    if not p.is_file():
+        raise AbliterateError(f"direction file {path} does not exist")
+    return read_directions(p)
+
+
+def _check_shape(directions: Directions, layout: Layout) -> None:
+    L, d = directions.per_layer.shape
+    if (L, d) != (layout.n_layers, layout.hidden_size):
+        raise AbliterateError(
+            f"directions have shape ({L}, {d}) but the model has {layout.n_layers} layers of "
+            f"hidden size {layout.hidden_size}: they belong to another model"
+        )
+
+
+# -- 5: base metrics ------------------------------------------------------------------------------
+
+
+def eval_settings(settings: Settings, bs: int) -> EvalSettings:
+    return EvalSettings(
+        max_response_length=settings.max_response_length,
+        batch_size=bs,
+        system_prompt=settings.system_prompt,
+        kl_token_count=settings.kl_token_count,
+        markers=MarkerConfig(
+            settings.refusal_markers,
+            settings.hedge_markers,
+            [tuple(p) for p in settings.reasoning_delimiters],
+        ),
+    )
+
+
+def measure_base(session: Session, events: Events) -> Metrics:
+    s = session.settings
+    session.evaluator = Evaluator(
+        session.model,
+        session.tokenizer,
+        session.prompts["harmful_eval_prompts"],
+        session.prompts["harmless_eval_prompts"],
+        eval_settings(s, session.batch_size),
+    )
+    session.base = session.evaluator.evaluate(
+        progress=lambda st_, d, t: events.progress(f"base {st_}", d, t)
+    )
+    if session.base["refusal_rate"] == 0:
+        raise AbliterateError(
+            "the unedited model refuses none of the harmful evaluation prompts: there is no "
+            "refusal behaviour to remove (check the prompt sets, system prompt and markers)"
+        )
+    base_file = session.run_dir.path / "base.json"
+    base_file.write_text(json.dumps(_metrics_record(session.base, session), indent=2))
+    return session.base
+
+
+def _metrics_record(m: Metrics, session: Session) -> dict:
+    prompts = session.prompts
+    return {
+        "metrics": m.values,
+        "pruned": m.pruned,
+        "samples": _samples(m, prompts),
+    }
+
+
+def _samples(m: Metrics, prompts: dict[str, list[str]]) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for key, responses in (("harmful", m.harmful_responses), ("harmless", m.harmless_responses)):
+        if responses:
+            src = prompts[f"{key}_eval_prompts"]
+            pairs = zip(src[:SAMPLES], responses[:SAMPLES], strict=True)
+            out[key] = [{"prompt": p, "response": r} for p, r in pairs]
+    return out
+
+
+# -- 6: search ------------------------------------------------------------------------------------
+
+
+def evaluate_params(session: Session, params: EditParams) -> tuple[Metrics, dict[str, float]]:
+    """Apply, evaluate, reset. Returns the metrics and the time of each part."""
+    assert session.evaluator is not None and session.base is not None
+    t0 = time.perf_counter()
+    session.editor.apply(plan(session.layout.writers, session.directions, params))
+    t1 = time.perf_counter()
+    metrics = session.evaluator.evaluate(
+        prune_kl=session.settings.kl_prune_threshold, fallback=session.base
+    )
+    t2 = time.perf_counter()
+    session.editor.reset()
+    t3 = time.perf_counter()
+    return metrics, {"edit": t1 - t0, "evaluate": t2 - t1, "reset": t3 - t2, "total": t3 - t0}
+
+
+def trial_record(
+    session: Session, number: int, params: EditParams, metrics: Metrics, timing: dict[str, float]
+) -> dict:
+    rs = refusal_score(metrics.values, session.base_refusal_rate, session.weights)
+    ks = kl_score(metrics["kl"], session.weights)
+    return {
+        "number": number,
+        "params": params.to_dict(),
+        "metrics": metrics.values,
+        "refusal_score": rs,
+        "kl_score": ks,
+        "pruned": metrics.pruned,
+        "seconds": {k: round(v, 4) for k, v in timing.items()},
+        "strengths": strength_table(session.layout.n_layers, params),
+        "samples": _samples(metrics, session.prompts),
+    }
+
+
+def space_config(session: Session) -> SpaceConfig:
+    available = set(session.layout.components())
+    comps = tuple(c for c in session.settings.components if c in available)
+    return SpaceConfig.from_settings(session.settings, session.layout.n_layers, comps)
+
+
+def open_study(session: Session):
+    s = session.settings
+    storage = st.open_storage(s.storage, session.run_dir.journal_file)
+    study = st.open_study(storage, s.study_name)
+    lock = partial(st.study_lock, s.storage, session.run_dir.lock_file, s.study_name)
+    return study, lock
+
+
+def search(session: Session, events: Events) -> None:
+    """Run trials until the study holds `n_trials` complete ones (counting other workers')."""
+    s = session.settings
+    study, lock = open_study(session)
+    sync_trial_files(session, study)
+    space = space_config(session)
+    while (trial := st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)) is not None:
+        try:
+            with st.heartbeat(trial):
+                params = suggest(trial, space)
+                metrics, timing = evaluate_params(session, params)
+        except BaseException:
+            session.editor.reset()
+            st.abandon(study, trial)
+            raise
+        record = trial_record(session, trial.number, params, metrics, timing)
+        trial.set_user_attr("record", {k: v for k, v in record.items() if k != "samples"})
+        trial.set_user_attr("samples", record["samples"])
+        study.tell(trial, [record["refusal_score"], record["kl_score"]])
+        session.run_dir.save_trial(record)
+        events.trial(record, st.counts(study))
+
+
+def sync_trial_files(session: Session, study) -> None:
+    """Write trial records that exist in the study but not on disk (other workers' trials, or a
+    worker killed between finishing a trial and writing its file)."""
+    have = set(session.run_dir.trial_numbers())
+    for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
+        if t.number not in have and "record" in t.user_attrs:
+            session.run_dir.save_trial(
+                {**t.user_attrs["record"], "samples": t.user_attrs.get("samples", {})}
+            )
+
+
+# -- 7: choice ------------------------------------------------------------------------------------
+
+
+def candidates(study) -> list[Candidate]:
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
+        rec = t.user_attrs.get("record", {})
+        m = rec.get("metrics", {})
+        out.append(
+            Candidate(
+                t.number,
+                t.values[0],
+                t.values[1],
+                m.get("refusal_rate", 1.0),
+                m.get("kl", t.values[1]),
+            )
+        )
+    return out

@@ -1,0 +1,204 @@
+"""The run directory: where every artifact of a run lives, and how a run resumes.
+
+    runs/<name>/
+      settings.toml           the resolved settings of the run
+      directions.safetensors  refusal directions, the means they came from, per-layer statistics
+      study.journal           Optuna journal (unless `storage` names a database)
+      trials/<n>.json         every finished trial: parameters, metrics, sample responses
+      report.html, plots/     made by `abliterate report`
+
+Re-running the same command resumes: finished trials are never recomputed. A command whose
+settings would change what the run computes is refused, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from abliterate.config import Settings
+from abliterate.errors import AbliterateError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Settings that may change between invocations of one run: they steer how the run is carried
+# out or what happens after it, not what any trial computes.
+RUNTIME_KEYS = frozenset(
+    {
+        "n_trials",
+        "n_startup_trials",
+        "output",
+        "export",
+        "select",
+        "max_shard_size",
+        "overwrite",
+        "batch_size",
+        "max_batch_size",
+        "device_map",
+        "max_memory",
+        "offload_folder",
+        "run_dir",
+    }
+)
+
+
+def settings_dict(settings: Settings) -> dict[str, Any]:
+    """JSON/TOML-ready settings, without unset (None) values."""
+    return {k: v for k, v in settings.model_dump(mode="json").items() if v is not None}
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    return tomli_w.dumps(data)
+
+
+def default_run_dir(model: str) -> Path:
+    name = Path(model.rstrip("/")).name or "model"
+    return Path("runs") / name
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RunDir:
+        return cls(Path(settings.run_dir) if settings.run_dir else default_run_dir(settings.model))
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "settings.toml"
+
+    @property
+    def directions_file(self) -> Path:
+        return self.path / "directions.safetensors"
+
+    @property
+    def journal_file(self) -> Path:
+        return self.path / "study.journal"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "study.lock"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.path / "trials"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def trial_file(self, number: int) -> Path:
+        return self.trials_dir / f"{number}.json"
+
+    def exists(self) -> bool:
+        return self.settings_file.is_file()
+
+    # -- settings ------------------------------------------------------------------------
+    def saved_settings(self) -> dict[str, Any]:
+        try:
+            return tomllib.loads(self.settings_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise AbliterateError(f"cannot read {self.settings_file}: {exc}") from None
+
+    def differences(self, settings: Settings) -> list[str]:
+        """Keys whose values differ from the saved settings and would change the results."""
+        old = self.saved_settings()
+        new = settings_dict(settings)
+        keys = (set(old) | set(new)) - RUNTIME_KEYS
+        return sorted(k for k in keys if old.get(k) != new.get(k))
+
+    def check(self, settings: Settings, new_run: bool = False) -> None:
+        """Refuse to resume a run whose settings differ (unless `new_run`), before any work.
+
+        Nothing is written here: a command that fails while loading must not leave a run
+        directory behind that would then refuse the corrected command."""
+        if self.exists():
+            diff = self.differences(settings)
+            if diff and not new_run:
+                old, new = self.saved_settings(), settings_dict(settings)
+                shown = ", ".join(
+                    f"{k} ({_short(old.get(k))} -> {_short(new.get(k))})" for k in diff[:6]
+                )
+                raise AbliterateError(
+                    f"run directory {self.path} was made with different settings: {shown}; "
+                    "use the same settings to resume, another --run-dir, or --new-run to "
+                    "start over (the old directory is kept under a new name)"
+                )
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise AbliterateError(
+                f"{self.path} exists, is not empty and is not a run directory (no settings.toml)"
+            )
+
+    def commit(self, settings: Settings, new_run: bool = False) -> None:
+        """Create (or, with `new_run`, archive and recreate) the directory and save settings."""
+        if self.exists() and new_run and self.differences(settings):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.path.rename(self.path.with_name(f"{self.path.name}.old-{stamp}"))
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        self.write_settings(settings)
+
+    def write_settings(self, settings: Settings) -> None:
+        _atomic_write(self.settings_file, to_toml(settings_dict(settings)))
+
+    # -- directions ------------------------------------------------------------------------
+    def save_directions(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        tmp = self.directions_file.with_suffix(".tmp")
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"abliterate": json.dumps(meta)},
+        )
+        tmp.replace(self.directions_file)
+
+    def load_directions(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        if not self.directions_file.is_file():
+            return None
+        return read_directions(self.directions_file)
+
+    # -- trials ----------------------------------------------------------------------------
+    def save_trial(self, record: dict[str, Any]) -> None:
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.trial_file(record["number"]), json.dumps(record, indent=2))
+
+    def load_trial(self, number: int) -> dict[str, Any]:
+        path = self.trial_file(number)
+        if not path.is_file():
+            raise AbliterateError(f"trial {number} has no record in {self.trials_dir}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def trial_numbers(self) -> list[int]:
+        if not self.trials_dir.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.trials_dir.glob("*.json") if p.stem.isdigit())
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_directions(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("abliterate", "{}"))
+    return load_file(str(path)), meta
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

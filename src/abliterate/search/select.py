@@ -1,0 +1,80 @@
+"""Choosing a trial from the Pareto front, by a named policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from abliterate.errors import AbliterateError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    number: int
+    refusal_score: float
+    kl_score: float
+    refusal_rate: float
+    kl: float
+
+
+def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates not dominated in (refusal_score, kl_score), sorted by refusal score."""
+    front = []
+    for c in cands:
+        dominated = any(
+            o.refusal_score <= c.refusal_score
+            and o.kl_score <= c.kl_score
+            and (o.refusal_score < c.refusal_score or o.kl_score < c.kl_score)
+            for o in cands
+        )
+        if not dominated:
+            front.append(c)
+    return sorted(front, key=lambda c: (c.refusal_score, c.kl_score, c.number))
+
+
+def _knee(front: list[Candidate]) -> Candidate:
+    """The front point farthest from the line joining its two ends, in normalised units."""
+    if len(front) <= 2:
+        return min(front, key=lambda c: (c.refusal_score + c.kl_score, c.number))
+    r = [c.refusal_score for c in front]
+    k = [c.kl_score for c in front]
+    r_span = (max(r) - min(r)) or 1.0
+    k_span = (max(k) - min(k)) or 1.0
+    pts = [((c.refusal_score - min(r)) / r_span, (c.kl_score - min(k)) / k_span) for c in front]
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+
+    def dist(p):
+        return abs((y1 - y0) * p[0] - (x1 - x0) * p[1] + x1 * y0 - y1 * x0)
+
+    return front[max(range(len(front)), key=lambda i: (dist(pts[i]), -front[i].number))]
+
+
+POLICIES = ("min-kl-under:R", "min-refusals", "knee", "trial:N")
+
+
+def select(cands: Sequence[Candidate], policy: str) -> Candidate:
+    """Pick one trial. `min-kl-under:R`: lowest KL among trials with refusal rate <= R (else
+    the lowest refusal rate); `min-refusals`: lowest refusal score, then KL; `knee`: the
+    Pareto knee; `trial:N`: trial N."""
+    if not cands:
+        raise AbliterateError("the study has no finished trials to choose from")
+    if policy.startswith("min-kl-under:"):
+        try:
+            bound = float(policy.split(":", 1)[1])
+        except ValueError:
+            raise AbliterateError(f"bad policy {policy!r}: expected min-kl-under:0.05") from None
+        ok = [c for c in cands if c.refusal_rate <= bound]
+        if not ok:
+            return min(cands, key=lambda c: (c.refusal_rate, c.kl, c.number))
+        return min(ok, key=lambda c: (c.kl, c.refusal_rate, c.number))
+    if policy.startswith("trial:"):
+        wanted = policy.split(":", 1)[1]
+        for c in cands:
+            if str(c.number) == wanted:
+                return c
+        raise AbliterateError(f"policy {policy!r}: no finished trial number {wanted}")
+    if policy == "min-refusals":
+        return min(cands, key=lambda c: (c.refusal_score, c.kl, c.number))
+    if policy == "knee":
+        return _knee(pareto_front(cands))
+    raise AbliterateError(f"unknown selection policy {policy!r}; use one of: {', '.join(POLICIES)}")

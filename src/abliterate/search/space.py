@@ -1,0 +1,82 @@
+"""The search space: an Optuna trial's suggestions -> EditParams. Testable without a model.
+
+Sampling choices kept from Heretic (https://github.com/p-e-w/heretic), with why:
+- every parameter is suggested in every trial, even the direction index when the scope is
+  per-layer: a fixed space lets multivariate TPE model the parameters jointly;
+- a kernel's edge strength is sampled as a *fraction* of its peak strength, so the constraint
+  min <= max holds by construction instead of wasting trials on invalid pairs;
+- positions are fractions of the depth, so the same ranges suit 4 and 80 layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from abliterate.edit.kernel import Kernel
+from abliterate.edit.plan import EditParams
+
+KERNEL_COMPONENTS = ("attn_out", "mlp_down")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    n_layers: int
+    components: tuple[str, ...]  # subset of attn_out, mlp_down, embed
+    direction_scope: str = "search"  # search | global | per_layer
+    max_weight_range: tuple[float, float] = (0.5, 2.0)
+    peak_range: tuple[float, float] = (0.4, 1.0)
+    span_range: tuple[float, float] = (0.05, 0.6)
+    min_weight_range: tuple[float, float] = (0.0, 1.0)
+    direction_index_range: tuple[float, float] = (0.3, 0.9)
+    embed_weight_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def from_settings(cls, settings, n_layers: int, components: tuple[str, ...]) -> SpaceConfig:
+        return cls(
+            n_layers=n_layers,
+            components=components,
+            direction_scope=settings.direction_scope,
+            max_weight_range=tuple(settings.max_weight_range),
+            peak_range=tuple(settings.peak_range),
+            span_range=tuple(settings.span_range),
+            min_weight_range=tuple(settings.min_weight_range),
+            direction_index_range=tuple(settings.direction_index_range),
+            embed_weight_range=tuple(settings.embed_weight_range),
+        )
+
+    def layer_range(self, fractions: tuple[float, float]) -> tuple[float, float]:
+        last = self.n_layers - 1
+        return fractions[0] * last, fractions[1] * last
+
+    def span_bounds(self) -> tuple[float, float]:
+        """Span in layers: never below one layer (span 0 edits nothing)."""
+        lo = max(1.0, self.span_range[0] * self.n_layers)
+        return lo, max(lo, self.span_range[1] * self.n_layers)
+
+
+def suggest(trial: optuna.Trial, space: SpaceConfig) -> EditParams:
+    if space.direction_scope == "search":
+        scope = trial.suggest_categorical("direction_scope", ["global", "per_layer"])
+    else:
+        scope = space.direction_scope
+    index = trial.suggest_float("direction_index", *space.layer_range(space.direction_index_range))
+    kernels = {}
+    for c in KERNEL_COMPONENTS:
+        if c not in space.components:
+            continue
+        max_w = trial.suggest_float(f"{c}.max_weight", *space.max_weight_range)
+        peak = trial.suggest_float(f"{c}.peak", *space.layer_range(space.peak_range))
+        min_frac = trial.suggest_float(f"{c}.min_weight_frac", *space.min_weight_range)
+        span = trial.suggest_float(f"{c}.span", *space.span_bounds())
+        kernels[c] = Kernel(max_weight=max_w, peak=peak, min_weight=min_frac * max_w, span=span)
+    embed = 0.0
+    if "embed" in space.components:
+        embed = trial.suggest_float("embed_weight", *space.embed_weight_range)
+    return EditParams(
+        scope=scope,
+        kernels=kernels,
+        direction_index=index if scope == "global" else None,
+        embed_weight=embed,
+    )

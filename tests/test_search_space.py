@@ -1,0 +1,84 @@
+"""The search space and the choice of a trial, without a model."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from abliterate.errors import AbliterateError
+from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
+from abliterate.search.select import Candidate, pareto_front, select
+from abliterate.search.space import SpaceConfig, suggest
+
+
+def _params(seed: int, **space):
+    cfg = SpaceConfig(
+        n_layers=space.pop("n_layers", 32),
+        components=space.pop("components", ("attn_out", "mlp_down")),
+        **space,
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = study.ask()
+    return suggest(trial, cfg), trial
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_suggestions_stay_in_range(seed):
+    params, trial = _params(seed)
+    for comp in ("attn_out", "mlp_down"):
+        k = params.kernels[comp]
+        assert 0.5 <= k.max_weight <= 2.0
+        assert 0 <= k.min_weight <= k.max_weight
+        assert 0.4 * 31 <= k.peak <= 31
+        assert 1.0 <= k.span <= 0.6 * 32
+    assert "direction_index" in trial.params  # sampled every time (static space for TPE)
+    if params.scope == "global":
+        assert 0.3 * 31 <= params.direction_index <= 0.9 * 31
+    else:
+        assert params.direction_index is None
+
+
+def test_small_models_keep_span_at_least_one_layer():
+    params, _ = _params(0, n_layers=4, span_range=(0.01, 0.02))
+    assert all(k.span == 1.0 for k in params.kernels.values())
+
+
+def test_fixed_scope_and_embedding():
+    params, trial = _params(0, direction_scope="global", components=("mlp_down", "embed"))
+    assert params.scope == "global" and set(params.kernels) == {"mlp_down"}
+    assert "direction_scope" not in trial.params and "embed_weight" in trial.params
+
+
+def test_objectives():
+    w = ObjectiveWeights(
+        overrefusal_penalty=2.0,
+        harmful_marker_penalty=0.5,
+        compliance_gap_penalty=1.0,
+        kl_divergence_target=0.01,
+    )
+    m = {
+        "refusal_rate": 0.2,
+        "overrefusal_rate": 0.1,
+        "harmful_marker_rate": 0.4,
+        "compliance_gap": 0.3,
+    }
+    assert refusal_score(m, 0.8, w) == pytest.approx(0.25 + 0.2 + 0.2 + 0.3)
+    assert kl_score(0.001, w) == 0.01 and kl_score(0.5, w) == 0.5
+
+
+def _c(n, r, k, rate=None):
+    return Candidate(n, r, k, r if rate is None else rate, k)
+
+
+def test_pareto_front_and_policies():
+    cands = [_c(0, 1.0, 0.01), _c(1, 0.5, 0.05), _c(2, 0.1, 0.3), _c(3, 0.6, 0.2), _c(4, 0.05, 1.0)]
+    assert [c.number for c in pareto_front(cands)] == [4, 2, 1, 0]
+    assert select(cands, "min-refusals").number == 4
+    assert select(cands, "min-kl-under:0.5").number == 1
+    assert select(cands, "min-kl-under:0.01").number == 4  # none qualifies: fewest refusals
+    assert select(cands, "trial:3").number == 3
+    assert select(cands, "knee").number in (1, 2)
+    with pytest.raises(AbliterateError, match="unknown selection policy"):
+        select(cands, "best")
+    with pytest.raises(AbliterateError, match="no finished trial number 9"):
+        select(cands, "trial:9")
