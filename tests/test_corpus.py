@@ -77,7 +77,7 @@ def test_held_out_sets_are_disjoint_from_training_and_each_other(corpus):
 def test_held_out_requests_are_new_compositions(corpus):
     """Each held-out request uses a held-out phrasing or a held-out act."""
     rng = random.Random(0)
-    phrasings = C.split_phrasings(C.PHRASINGS, 0.25, rng)
+    phrasings = C.split_phrasings(C.PHRASING_FAMILIES, 0.25, rng)
     harmful = C.split_acts(C.HARMFUL_ACTS, 0.25, rng)
     trained = {C.render(p, a) for p in phrasings.train for a in harmful.train}
     assert not trained & set(corpus.eval_harmful)

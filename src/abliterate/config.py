@@ -289,7 +289,8 @@ class Settings(BaseSettings):
     select: str | None = _field(
         None,
         "run",
-        "Choose a trial without asking: min-kl-under:R, min-refusals or knee.",
+        "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R), "
+        "min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.1.",
     )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
     overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")

@@ -480,6 +480,23 @@ def sync_trial_files(session: Session, study) -> None:
 # -- 7: choice ------------------------------------------------------------------------------------
 
 
+def candidate_from_record(record: dict) -> Candidate:
+    m = record["metrics"]
+    return Candidate(
+        record["number"], record["refusal_score"], record["kl_score"], m["refusal_rate"], m["kl"]
+    )
+
+
+def record_choice(run_dir: RunDir, number: int, policy: str) -> None:
+    """Remember the chosen trial (the report marks it)."""
+    (run_dir.path / "chosen.json").write_text(json.dumps({"trial": number, "policy": policy}))
+
+
+def read_base(run_dir: RunDir) -> dict | None:
+    path = run_dir.path / "base.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def candidates(study) -> list[Candidate]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):

@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from abliterate import __version__
-from abliterate.cli import demo, evaluate, organism, run
+from abliterate.cli import chat, compare, demo, evaluate, export, organism, report, run
 from abliterate.cli.console import err
 from abliterate.errors import AbliterateError
 
 # Each module adds its subparser(s) and sets `handler` on them.
-COMMANDS = [run, demo, evaluate, organism]
+COMMANDS = [run, demo, export, compare, report, chat, evaluate, organism]
 
 
 def build_parser() -> argparse.ArgumentParser:

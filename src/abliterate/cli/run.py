@@ -17,9 +17,10 @@ from abliterate.cli.console import err, out, progress
 from abliterate.cli.flags import add_settings_arguments, overrides
 from abliterate.config import Settings, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.merged import export_merged
+from abliterate.export.api import export_trial
+from abliterate.export.hub import push
 from abliterate.model.arch import Layout
-from abliterate.search.select import Candidate, pareto_front, select
+from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -195,13 +196,14 @@ def choose_and_export(session: pipeline.Session, study) -> int:
         raise AbliterateError("no trial finished; nothing to choose from")
     records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
     front = pareto_front(cands)
-    base = _base_record(session)
     if settings.select or not interactive():
-        chosen = select(cands, settings.select or "knee")
+        policy = settings.select or DEFAULT_POLICY
+        chosen = select(cands, policy)
         out.print(front_table(front, records, chosen.number))
-        err.print(f"chose trial {chosen.number} (policy {settings.select or 'knee'})")
+        err.print(f"chose trial {chosen.number} (policy {policy})")
+        pipeline.record_choice(session.run_dir, chosen.number, policy)
         if settings.output:
-            _export(session, records[chosen.number], settings.output, settings.export, base)
+            export(session, records[chosen.number], settings.output, settings.export)
         else:
             err.print(
                 "no --output given: nothing exported (use `abliterate export "
@@ -209,51 +211,66 @@ def choose_and_export(session: pipeline.Session, study) -> int:
             )
         return 0
     out.print(front_table(front, records))
-    return menu(session, front, records, base)
+    return menu(session, front, records)
 
 
-def menu(session: pipeline.Session, front: list[Candidate], records: dict, base) -> int:
+ACTIONS = ["merged", "adapter", "both", "chat", "upload", "back", "quit"]
+
+
+def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> int:
+    """Choose a trial from the front, then what to do with it, until the user quits."""
     numbers = [str(c.number) for c in front]
+    last_export: Path | None = None
     while True:
-        pick = Prompt.ask(
-            "trial to use (or q to quit)", choices=[*numbers, "q"], default=numbers[0]
-        )
+        pick = Prompt.ask("trial to use (q to quit)", choices=[*numbers, "q"], default=numbers[0])
         if pick == "q":
             return 0
         record = records[int(pick)]
-        action = Prompt.ask(
-            "action", choices=["merged", "adapter", "chat", "back", "quit"], default="merged"
-        )
-        if action == "quit":
-            return 0
-        if action == "back":
-            continue
-        if action == "chat":
-            from abliterate.cli.chat import chat_with_trial
+        pipeline.record_choice(session.run_dir, record["number"], "interactive")
+        while True:
+            action = Prompt.ask("action", choices=ACTIONS, default="merged")
+            if action == "quit":
+                return 0
+            if action == "back":
+                break
+            if action == "chat":
+                from abliterate.cli.chat import chat_with_trial
 
-            chat_with_trial(session, record)
-            continue
-        target = Prompt.ask(
-            "output directory", default=f"{session.run_dir.path}-trial{pick}-{action}"
-        )
-        _export(session, record, target, action, base)
+                chat_with_trial(session, record)
+            elif action == "upload":
+                if last_export is None:
+                    err.print("export the trial first (merged, adapter or both)")
+                    continue
+                repo = Prompt.ask("Hugging Face repository id (user/name)")
+                private = Prompt.ask("private?", choices=["y", "n"], default="y") == "y"
+                try:
+                    err.print(f"[green]uploaded[/green] to {push(last_export, repo, private)}")
+                except AbliterateError as exc:
+                    err.print(f"[red]error:[/red] {exc}")
+            else:
+                default = f"{session.run_dir.path}-trial{pick}-{action}"
+                target = Path(Prompt.ask("output directory", default=default))
+                try:
+                    export(session, record, str(target), action)
+                    last_export = target
+                except AbliterateError as exc:
+                    err.print(f"[red]error:[/red] {exc}")
 
 
-def _export(session, record: dict, output: str, kind: str, base) -> None:
+def export(session: pipeline.Session, record: dict, output: str, kind: str) -> None:
     s = session.settings
-    if kind == "merged":
-        path = export_merged(session, record, output, s.max_shard_size, s.overwrite, base)
-    else:
-        from abliterate.export.adapter import export
-
-        path = export(session, record, output, kind, s.max_shard_size, s.overwrite, base)
-    err.print(f"[green]saved[/green] {kind} model of trial {record['number']} to {path}")
-
-
-def _base_record(session) -> dict | None:
-    path = session.run_dir.path / "base.json"
-    if path.is_file():
-        import json
-
-        return json.loads(path.read_text())
-    return None
+    result = export_trial(
+        s,
+        session.directions,
+        record,
+        output,
+        kind,
+        s.max_shard_size,
+        s.overwrite,
+        pipeline.read_base(session.run_dir),
+    )
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    for path in (result.merged, result.adapter):
+        if path is not None:
+            err.print(f"[green]saved[/green] trial {record['number']} to {path}")

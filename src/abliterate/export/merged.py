@@ -1,4 +1,6 @@
-"""Export the edited model as ordinary sharded safetensors plus tokenizer and metadata."""
+"""Export from the loaded model with save_pretrained (`--no-stream`): the fallback for checkpoints
+whose files the streaming export cannot map (e.g. weights stored quantized). Needs the model in
+memory; the streaming export (api.py) does not."""
 
 from __future__ import annotations
 

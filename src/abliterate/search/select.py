@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,14 +34,15 @@ def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:
 
 
 def _knee(front: list[Candidate]) -> Candidate:
-    """The front point farthest from the line joining its two ends, in normalised units."""
+    """The front point farthest from the line joining its two ends, with KL on a log scale (KL
+    spans orders of magnitude; on a linear scale the knee sits wherever the largest KL is)."""
     if len(front) <= 2:
         return min(front, key=lambda c: (c.refusal_score + c.kl_score, c.number))
     r = [c.refusal_score for c in front]
-    k = [c.kl_score for c in front]
+    k = [math.log10(max(c.kl_score, 1e-9)) for c in front]
     r_span = (max(r) - min(r)) or 1.0
     k_span = (max(k) - min(k)) or 1.0
-    pts = [((c.refusal_score - min(r)) / r_span, (c.kl_score - min(k)) / k_span) for c in front]
+    pts = [((ri - min(r)) / r_span, (ki - min(k)) / k_span) for ri, ki in zip(r, k, strict=True)]
     (x0, y0), (x1, y1) = pts[0], pts[-1]
 
     def dist(p):
@@ -49,6 +51,7 @@ def _knee(front: list[Candidate]) -> Candidate:
     return front[max(range(len(front)), key=lambda i: (dist(pts[i]), -front[i].number))]
 
 
+DEFAULT_POLICY = "min-kl-under:0.1"
 POLICIES = ("min-kl-under:R", "min-refusals", "knee", "trial:N")
 
 

@@ -1,0 +1,102 @@
+"""`abliterate export RUN_DIR --trial N --output DIR`: write a trial as a model or adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from abliterate import pipeline
+from abliterate.cli.console import err, out, progress
+from abliterate.config import load_settings
+from abliterate.errors import AbliterateError
+from abliterate.export.api import KINDS, export_trial
+from abliterate.export.hub import push
+from abliterate.runs import RunDir
+from abliterate.search.select import DEFAULT_POLICY, select
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="write a trial as merged weights or a LoRA adapter")
+    parser.add_argument("run_dir", help="run directory of `abliterate run`")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--trial", type=int, help="trial number (see the run's Pareto front)")
+    choice.add_argument(
+        "--select", help="choose by policy: min-kl-under:R (default 0.1), min-refusals, knee"
+    )
+    parser.add_argument("--output", required=True, help="directory to write")
+    parser.add_argument(
+        "--export",
+        choices=KINDS,
+        default="merged",
+        help="merged weights, LoRA adapter, or both side by side",
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export afterwards")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="export from the loaded model instead of the checkpoint files",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def load_run(path: str):
+    run_dir = RunDir(Path(path))
+    if not run_dir.exists():
+        raise AbliterateError(f"{path} is not a run directory (no settings.toml)")
+    settings = load_settings(run_dir.settings_file)
+    stored = run_dir.load_directions()
+    if stored is None:
+        raise AbliterateError(f"{path} has no directions.safetensors: the run never got that far")
+    return run_dir, settings, pipeline.directions_from_tensors(stored[0])
+
+
+def pick_record(run_dir: RunDir, trial: int | None, policy: str | None) -> dict:
+    if trial is not None:
+        return run_dir.load_trial(trial)
+    records = [run_dir.load_trial(n) for n in run_dir.trial_numbers()]
+    chosen = select([pipeline.candidate_from_record(r) for r in records], policy or DEFAULT_POLICY)
+    return run_dir.load_trial(chosen.number)
+
+
+def handle(args: argparse.Namespace) -> int:
+    run_dir, settings, directions = load_run(args.run_dir)
+    record = pick_record(run_dir, args.trial, args.select)
+    base = pipeline.read_base(run_dir)
+    if args.no_stream:
+        from abliterate.export.merged import export_loaded
+
+        if args.export != "merged":
+            raise AbliterateError("--no-stream writes merged weights only")
+        session = pipeline.open_session(settings, for_search=False)
+        path = export_loaded(
+            session, record, args.output, args.max_shard_size, args.overwrite, base
+        )
+        targets = [path]
+    else:
+        with progress() as bars:
+            task = bars.add_task("export", total=None)
+            result = export_trial(
+                settings,
+                directions,
+                record,
+                args.output,
+                args.export,
+                args.max_shard_size,
+                args.overwrite,
+                base,
+                on_progress=lambda d, t: bars.update(task, completed=d, total=t),
+            )
+        for warning in result.warnings:
+            err.print(f"[yellow]warning:[/yellow] {warning}")
+        targets = [p for p in (result.merged, result.adapter) if p is not None]
+    for path in targets:
+        err.print(f"[green]saved[/green] trial {record['number']} to {path}")
+    if args.push_to_hub:
+        url = push(Path(args.output), args.push_to_hub, args.private)
+        err.print(f"[green]uploaded[/green] to {url}")
+    out.print(json.dumps({"trial": record["number"], "paths": [str(p) for p in targets]}))
+    return 0

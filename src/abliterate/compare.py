@@ -1,0 +1,147 @@
+"""`abliterate compare`: trials of one or more runs side by side, with sample answers.
+
+Writes `comparison.json` (per run and trial: parameters, every metric, K answers to the same
+harmful and harmless prompts from the base and the edited model) and `summary.json` (the best
+trial of each run under each selection policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from abliterate import pipeline
+from abliterate.config import load_settings
+from abliterate.edit.plan import EditParams, plan
+from abliterate.errors import AbliterateError
+from abliterate.eval.generate import generate
+from abliterate.prompts import chat_texts
+from abliterate.runs import RunDir
+from abliterate.search.select import pareto_front, select
+
+POLICIES = ("min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1")
+
+
+def trial_selection(records: list[dict], spec: str) -> list[dict]:
+    """`pareto` (default), `all`, or comma-separated trial numbers."""
+    if spec == "all":
+        return records
+    if spec == "pareto":
+        front = {
+            c.number for c in pareto_front([pipeline.candidate_from_record(r) for r in records])
+        }
+        return [r for r in records if r["number"] in front]
+    try:
+        wanted = {int(x) for x in spec.split(",") if x.strip()}
+    except ValueError:
+        raise AbliterateError(f"--trials {spec!r}: expected pareto, all or numbers") from None
+    missing = wanted - {r["number"] for r in records}
+    if missing:
+        raise AbliterateError(f"no finished trial(s) {sorted(missing)}")
+    return [r for r in records if r["number"] in wanted]
+
+
+def summary(records: list[dict]) -> dict[str, dict]:
+    cands = [pipeline.candidate_from_record(r) for r in records]
+    by_number = {r["number"]: r for r in records}
+    out = {}
+    for policy in POLICIES:
+        c = select(cands, policy)
+        out[policy] = {"trial": c.number, "metrics": by_number[c.number]["metrics"]}
+    return out
+
+
+def compare_runs(
+    run_dirs: list[str],
+    trials: str = "pareto",
+    samples: int = 3,
+    message: Callable[[str], None] = lambda _m: None,
+) -> tuple[dict, dict]:
+    """(comparison, summary) for the given run directories."""
+    comparison: dict = {"runs": []}
+    summaries: dict = {}
+    for path in run_dirs:
+        run_dir = RunDir(Path(path))
+        if not run_dir.exists():
+            raise AbliterateError(f"{path} is not a run directory (no settings.toml)")
+        records = [run_dir.load_trial(n) for n in run_dir.trial_numbers()]
+        if not records:
+            raise AbliterateError(f"{path} has no finished trials")
+        chosen = trial_selection(records, trials)
+        message(f"{path}: {len(chosen)} trial(s), {samples} sample answer(s) per prompt set")
+        entry = _run_entry(run_dir, chosen, samples)
+        comparison["runs"].append(entry)
+        summaries[str(run_dir.path)] = summary(records)
+    return comparison, summaries
+
+
+def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
+    settings = load_settings(run_dir.settings_file)
+    session = pipeline.open_session(settings, for_search=False)
+    prompts = {
+        "harmful": session.prompts["harmful_eval_prompts"][:k],
+        "harmless": session.prompts["harmless_eval_prompts"][:k],
+    }
+    texts = {
+        key: chat_texts(session.tokenizer, p, settings.system_prompt) for key, p in prompts.items()
+    }
+
+    def answers() -> dict[str, list[str]]:
+        return {
+            key: generate(
+                session.model,
+                session.tokenizer,
+                t,
+                settings.max_response_length,
+                session.batch_size,
+                stop_markers=None,
+            )
+            for key, t in texts.items()
+        }
+
+    base = answers()
+    trials = []
+    for record in chosen:
+        edits = plan(
+            session.layout.writers, session.directions, EditParams.from_dict(record["params"])
+        )
+        session.editor.apply(edits)
+        try:
+            edited = answers()
+        finally:
+            session.editor.reset()
+        trials.append(
+            {
+                "number": record["number"],
+                "params": record["params"],
+                "metrics": record["metrics"],
+                "refusal_score": record["refusal_score"],
+                "kl_score": record["kl_score"],
+                "samples": {
+                    key: [
+                        {"prompt": p, "base": b, "edited": e}
+                        for p, b, e in zip(prompts[key], base[key], edited[key], strict=True)
+                    ]
+                    for key in prompts
+                },
+            }
+        )
+    return {
+        "run_dir": str(run_dir.path),
+        "model": settings.model,
+        "settings": {
+            k: v
+            for k, v in settings.model_dump(mode="json").items()
+            if k
+            in (
+                "benign_subspace_rank",
+                "orthogonalize_direction",
+                "row_normalization",
+                "residual_stream",
+                "components",
+                "overrefusal_penalty",
+            )
+        },
+        "base_metrics": (pipeline.read_base(run_dir) or {}).get("metrics", {}),
+        "trials": trials,
+    }
