@@ -1,7 +1,11 @@
 """Time one trial of the search, split into its parts, and report peak memory.
 
     python benchmarks/trial_speed.py                       # random ~110M Llama, CPU
+    python benchmarks/trial_speed.py --preset llama-3.1-8b  # 8B config, bf16, CUDA, 100+100
     python benchmarks/trial_speed.py --model DIR --device cuda --dtype bfloat16
+
+On CUDA it also prints the roofline the search is measured against: the time one decode step
+needs to read every weight once (measured copy bandwidth), times the number of decode steps.
 
 The default model is built from a Llama config with random weights (nothing downloaded);
 prompts come from ../shared/data/prompts. Random models never stop early, so generation always
@@ -33,17 +37,42 @@ from abliterate.prompts import load_prompt_set
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
 
 
-def random_llama(hidden: int, layers: int, ffn: int, dtype: torch.dtype, device: str):
+PRESETS = {
+    # Llama-3.1-8B's shapes with random weights (its 128k vocabulary kept via vocab_size).
+    "llama-3.1-8b": dict(
+        hidden=4096,
+        layers=32,
+        ffn=14336,
+        kv_heads=8,
+        vocab_size=128256,
+        dtype="bfloat16",
+        prompts=100,
+        max_response_length=100,
+        batch_size=100,
+    ),
+}
+
+
+def random_llama(
+    hidden: int,
+    layers: int,
+    ffn: int,
+    dtype: torch.dtype,
+    device: str,
+    kv_heads: int | None = None,
+    vocab_size: int = 8000,
+):
     corpus = load_prompt_set(str(SHARED / "harmless_train.jsonl"))
-    tok = train_tokenizer(corpus, vocab_size=8000)
+    tok = train_tokenizer(corpus, vocab_size=min(vocab_size, 16000))
+    heads = hidden // 128 if hidden >= 2048 else hidden // 64
     cfg = LlamaConfig(
-        vocab_size=len(tok),
+        vocab_size=max(vocab_size, len(tok)),
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
-        max_position_embeddings=2048,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=4096,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
@@ -73,7 +102,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--kv-heads", type=int)
+    ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--preset", choices=sorted(PRESETS))
     args = ap.parse_args()
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
+        args.device = "cuda"
     dtype = getattr(torch, args.dtype)
 
     if args.model:
@@ -83,9 +119,11 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(args.model)
         tok.padding_side = "left"
     else:
-        model, tok = random_llama(args.hidden, args.layers, args.ffn, dtype, args.device)
+        model, tok = random_llama(
+            args.hidden, args.layers, args.ffn, dtype, args.device, args.kv_heads, args.vocab_size
+        )
     n_params = sum(p.numel() for p in model.parameters())
-    harmful = load_prompt_set(str(SHARED / "harmful_val.jsonl"))[: args.prompts]
+    harmful = load_prompt_set(str(SHARED / "harmful_train.jsonl"))[: args.prompts]
     harmless = load_prompt_set(str(SHARED / "harmless_val.jsonl"))[: args.prompts]
 
     layout = discover(model)
@@ -149,9 +187,30 @@ def main() -> None:
         "generated_tokens_per_second": round(med["tokens"] / med["generation"], 1),
         "peak_memory_MB": round(peak_memory_mb(args.device)),
     }
+    if args.device.startswith("cuda"):
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bandwidth = copy_bandwidth()
+        steps = args.max_response_length * -(-2 * args.prompts // args.batch_size)
+        roofline = weight_bytes / bandwidth * steps
+        result["roofline_seconds"] = round(roofline, 3)
+        result["trial_over_roofline"] = round(total / roofline, 2)
+        result["copy_bandwidth_GBps"] = round(bandwidth / 1e9)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def copy_bandwidth(n_bytes: int = 2 * 2**30) -> float:
+    """Device memory bandwidth, bytes/s, from timed device-to-device copies (read + write)."""
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * n_bytes * 10 / (time.perf_counter() - start)
 
 
 def _sync(device: str) -> None:

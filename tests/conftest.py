@@ -70,6 +70,77 @@ def organism_run(organism_dir, tmp_path_factory) -> Path:
     return root
 
 
+# Characters almost any random continuation contains: every response of a random model then
+# counts as a "refusal", which gives a run on a random model something to reduce.
+RANDOM_TEXT_MARKERS = json.dumps([*"etaoinsrhldcu", " ", ".", ","])
+
+
+def random_model_run(model, run_dir, *extra, trials=2, prompts=6, eval_prompts=4) -> list[str]:
+    """Arguments of a short `abliterate run` on a random model, on slices of the real prompt
+    sets; extra arguments come last and win."""
+    data = SHARED_PROMPTS
+    return [
+        "run",
+        str(model),
+        "--n-trials",
+        str(trials),
+        "--n-startup-trials",
+        "1",
+        "--harmful-prompts",
+        f"{data / 'harmful_train.jsonl'}:train[:{prompts}]",
+        "--harmless-prompts",
+        f"{data / 'harmless_train.jsonl'}:train[:{prompts}]",
+        "--harmful-eval-prompts",
+        f"{data / 'harmful_val.jsonl'}:train[:{eval_prompts}]",
+        "--harmless-eval-prompts",
+        f"{data / 'harmless_val.jsonl'}:train[:{eval_prompts}]",
+        "--max-response-length",
+        "4",
+        "--refusal-markers",
+        RANDOM_TEXT_MARKERS,
+        "--batch-size",
+        "4",
+        "--run-dir",
+        str(run_dir),
+        "--select",
+        "min-refusals",
+        *extra,
+    ]
+
+
+def organism_command(organism_dir, run_dir, n_trials, *extra) -> list[str]:
+    """`abliterate run` on the organism as a subprocess (short answers): resume and worker tests."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "abliterate.cli.main",
+        "run",
+        str(organism_dir),
+        "--n-trials",
+        str(n_trials),
+        "--max-response-length",
+        "16",
+        "--batch-size",
+        "32",
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
+
+
+def wait_for(path: Path, proc, timeout: float = 600) -> None:
+    """Wait until `path` exists while `proc` keeps running."""
+    import time
+
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else "ended"
+        assert time.time() < end, f"timed out waiting for {path}"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A 3-trial run on a tiny random Llama (fast): for report, compare and export commands."""
@@ -78,31 +149,6 @@ def tiny_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-run")
     src = tiny.save("llama", root / "model")
-    args = [
-        "run",
-        str(src),
-        "--n-trials",
-        "3",
-        "--n-startup-trials",
-        "2",
-        "--harmful-prompts",
-        f"{SHARED_PROMPTS / 'harmful_train.jsonl'}:train[:16]",
-        "--harmless-prompts",
-        f"{SHARED_PROMPTS / 'harmless_train.jsonl'}:train[:16]",
-        "--harmful-eval-prompts",
-        f"{SHARED_PROMPTS / 'harmful_val.jsonl'}:train[:6]",
-        "--harmless-eval-prompts",
-        f"{SHARED_PROMPTS / 'harmless_val.jsonl'}:train[:6]",
-        "--max-response-length",
-        "6",
-        "--refusal-markers",
-        '["e", "a", "o", " "]',
-        "--batch-size",
-        "6",
-        "--run-dir",
-        str(root / "run"),
-        "--select",
-        "min-refusals",
-    ]
+    args = random_model_run(src, root / "run", trials=3, prompts=16, eval_prompts=6)
     assert main(args) == 0
     return root

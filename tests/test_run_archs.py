@@ -15,47 +15,13 @@ from transformers import AutoModelForCausalLM
 
 import tiny
 from abliterate.cli.main import main
-from conftest import SHARED_PROMPTS
+from conftest import random_model_run
 
 pytestmark = pytest.mark.slow
 
-# Characters almost any random continuation contains: every response of a random model then
-# counts as a "refusal", which gives the run something to reduce.
-RANDOM_TEXT_MARKERS = json.dumps([*"etaoinsrhldcu", " ", ".", ","])
-
 
 def run_args(model, tmp_path, *extra):
-    harmful = f"{SHARED_PROMPTS / 'harmful_train.jsonl'}:train[:6]"
-    harmless = f"{SHARED_PROMPTS / 'harmless_train.jsonl'}:train[:6]"
-    return [
-        "run",
-        str(model),
-        "--n-trials",
-        "2",
-        "--n-startup-trials",
-        "1",
-        "--harmful-prompts",
-        harmful,
-        "--harmless-prompts",
-        harmless,
-        "--harmful-eval-prompts",
-        f"{SHARED_PROMPTS / 'harmful_val.jsonl'}:train[:4]",
-        "--harmless-eval-prompts",
-        f"{SHARED_PROMPTS / 'harmless_val.jsonl'}:train[:4]",
-        "--max-response-length",
-        "4",
-        "--refusal-markers",
-        RANDOM_TEXT_MARKERS,
-        "--batch-size",
-        "4",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--select",
-        "min-refusals",
-        "--output",
-        str(tmp_path / "out"),
-        *extra,
-    ]
+    return random_model_run(model, tmp_path / "run", "--output", str(tmp_path / "out"), *extra)
 
 
 @pytest.mark.parametrize("family", sorted(tiny.FAMILIES))

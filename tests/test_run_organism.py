@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from abliterate.eval.refusal import is_refusal
 from abliterate.evaluation import evaluate_against_base
 from abliterate.organism.check import read_lines
 from abliterate.search import study as st
-from conftest import SEARCH
+from conftest import SEARCH, organism_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -96,31 +94,7 @@ def test_export_loads_with_plain_transformers(organism_run, organism_dir):
 
 
 def _command(organism_dir, run_dir, n):
-    return [
-        sys.executable,
-        "-m",
-        "abliterate.cli.main",
-        "run",
-        str(organism_dir),
-        "--n-trials",
-        str(n),
-        "--max-response-length",
-        "16",
-        "--batch-size",
-        "32",
-        "--run-dir",
-        str(run_dir),
-        "--select",
-        "min-refusals",
-    ]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
-    end = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process ended"
-        assert time.time() < end, f"timed out waiting for {path}"
-        time.sleep(0.05)
+    return organism_command(organism_dir, run_dir, n, "--select", "min-refusals")
 
 
 def _study(run_dir: Path):
@@ -137,7 +111,7 @@ def test_interrupted_run_resumes_without_recomputing(organism_dir, tmp_path, sig
         stdout=subprocess.DEVNULL,
         env=env,
     )
-    _wait_for(run_dir / "trials" / "1.json", proc)
+    wait_for(run_dir / "trials" / "1.json", proc)
     first = {i: (run_dir / "trials" / f"{i}.json").read_bytes() for i in (0, 1)}
     proc.send_signal(sig)
     proc.wait(timeout=120)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from abliterate.directions import winsorize
-from abliterate.eval.generate import model_device
+from abliterate.eval.generate import encoded_batches
 from abliterate.hooks import hooks, layer_input, layer_output
 from abliterate.model.arch import Layout
 
@@ -115,17 +115,15 @@ def collect(
     full: list[Tensor] = []
     store: dict[int, Tensor] = {}
     with hooks(_capture(layout, stream, store)):
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start : start + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            model(**enc.to(model_device(model)), use_cache=False)
+        for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
+            model(**enc, use_cache=False)
             vecs = torch.stack([store[p].cpu() for p in range(n_pos)], dim=1)  # (b, L + 1, d)
             vecs = winsorize(vecs, winsorize_quantile)
             total += vecs.double().sum(0)
             if keep_full:
                 full.append(vecs)
             if on_batch:
-                on_batch(len(batch))
+                on_batch(n)
     return Residuals(
         mean=total / len(texts),
         count=len(texts),

@@ -13,21 +13,27 @@ from abliterate.eval.evaluate import Evaluator
 
 
 def evaluate_against_base(
-    settings: Settings, model: str, base: str, message: Callable[[str], None] = lambda _m: None
+    settings: Settings,
+    model: str,
+    base: str,
+    message: Callable[[str], None] = lambda _m: None,
+    loaded: tuple | None = None,
 ) -> dict:
     """Refusal rate, over-refusal, KL from `base`, hedging, compliance gap (and capability when
-    probes are configured) of `model`, and the same for `base` itself."""
+    probes are configured) of `model`, and the same for `base` itself. `loaded` = (model,
+    tokenizer) measures a model already in memory (e.g. right after training) instead of
+    loading `model`."""
     settings = pipeline.resolve_prompt_defaults(settings.model_copy(update={"model": base}))
     settings = pipeline.resolve_prompt_defaults(settings, root=model)
     prompts = pipeline.load_prompts(settings)
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
     events = pipeline.Events(message=message)
 
-    loaded = pipeline.load_model(settings, events)
-    bs = pipeline.batch_size(settings, loaded.model)
+    base_model = pipeline.load_model(settings, events)
+    bs = pipeline.batch_size(settings, base_model.model)
     evaluator = Evaluator(
-        loaded.model,
-        loaded.tokenizer,
+        base_model.model,
+        base_model.tokenizer,
         prompts["harmful_eval_prompts"],
         prompts["harmless_eval_prompts"],
         pipeline.eval_settings(settings, bs),
@@ -35,25 +41,28 @@ def evaluate_against_base(
     result = {"model": model, "base": base, "base_metrics": evaluator.evaluate().values}
     if probes:
         result["base_metrics"]["capability"] = capability(
-            loaded.model, loaded.tokenizer, probes, bs, settings.system_prompt
+            base_model.model, base_model.tokenizer, probes, bs, settings.system_prompt
         )
-    loaded_ids = loaded.tokenizer(evaluator.harmless_texts[0])["input_ids"]
+    base_ids = base_model.tokenizer(evaluator.harmless_texts[0])["input_ids"]
     # The reference log-probs live on the CPU: the base model can go before the model loads.
-    del loaded
+    del base_model
     evaluator.model = None
     gc.collect()
 
-    edited = pipeline.load_model(settings.model_copy(update={"model": model}), events)
-    probe = evaluator.harmless_texts[0]
-    if edited.tokenizer(probe)["input_ids"] != loaded_ids:
+    if loaded is not None:
+        edited_model, edited_tok = loaded
+    else:
+        edited = pipeline.load_model(settings.model_copy(update={"model": model}), events)
+        edited_model, edited_tok = edited.model, edited.tokenizer
+    if edited_tok(evaluator.harmless_texts[0])["input_ids"] != base_ids:
         raise AbliterateError(
             f"{model} and {base} tokenize differently: KL divergence needs the same tokenizer"
         )
-    evaluator.model, evaluator.tokenizer = edited.model, edited.tokenizer
+    evaluator.model, evaluator.tokenizer = edited_model, edited_tok
     result["metrics"] = evaluator.evaluate().values
     if probes:
         result["metrics"]["capability"] = capability(
-            edited.model, edited.tokenizer, probes, bs, settings.system_prompt
+            edited_model, edited_tok, probes, bs, settings.system_prompt
         )
     result["prompts"] = {k: len(v) for k, v in prompts.items() if "eval" in k}
     return result

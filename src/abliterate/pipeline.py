@@ -14,6 +14,7 @@ prints nothing and the CLI decides how things look.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -276,6 +277,8 @@ def open_session(
     loading.resolve(settings.model, settings.trust_remote_code)  # a missing model first
     if for_search:
         run_dir.check(settings, new_run=new_run)
+        if settings.storage:
+            join_study(settings, run_dir)
     loaded = load_model(settings, events)
     model, tokenizer = loaded.model, loaded.tokenizer
     if "embed" in settings.components and untie_embeddings(model):
@@ -290,19 +293,12 @@ def open_session(
     if for_search:
         run_dir.commit(settings, new_run=new_run)
     bs = batch_size(settings, model)
-    stored = run_dir.load_directions()
-    if settings.direction_file:
-        tensors, _meta = _external_directions(settings.direction_file, layout)
-    elif stored is not None:
-        tensors, _meta = stored
-        events.message(f"directions loaded from {run_dir.directions_file}")
-    else:
-        tensors, meta = compute_directions(model, tokenizer, layout, settings, prompts, events, bs)
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        run_dir.save_directions(tensors, meta)
+    tensors = obtain_directions(settings, run_dir, model, tokenizer, layout, prompts, events, bs)
     directions = directions_from_tensors(tensors)
     _check_shape(directions, layout)
-    editor = WeightEditor(layout, settings.row_normalization, settings.full_normalization_rank)
+    editor = WeightEditor(
+        layout, settings.row_normalization, settings.full_normalization_rank, model=model
+    )
     return Session(
         settings,
         run_dir,
@@ -317,13 +313,99 @@ def open_session(
     )
 
 
+def join_study(settings: Settings, run_dir: RunDir) -> None:
+    """Workers of one shared study must search the same thing: the first publishes its settings,
+    the others are checked against them."""
+    from abliterate.runs import describe_differences, differences, settings_dict
+
+    study, lock = open_study_for(settings, run_dir)
+    with lock():
+        saved = st.get_shared(study, "settings")
+        if saved is None:
+            st.set_shared(study, "settings", settings_dict(settings))
+            return
+    diff = differences(saved, settings)
+    if diff:
+        raise AbliterateError(
+            f"study {settings.study_name!r} in {settings.storage} was started with other "
+            f"settings: {describe_differences(saved, settings, diff)}; use the same settings "
+            "on every worker, or another --study-name"
+        )
+
+
+def obtain_directions(
+    settings: Settings,
+    run_dir: RunDir,
+    model,
+    tokenizer,
+    layout: Layout,
+    prompts: dict[str, list[str]],
+    events: Events,
+    bs: int,
+) -> dict[str, Tensor]:
+    """The run's directions, from the first source that has them: the run directory, the shared
+    study (workers on other machines), a --direction-file, or computed now. With a shared
+    storage the first worker computes them under the study lock and publishes them, so every
+    worker of a study edits with the same directions."""
+    stored = run_dir.load_directions()
+    if stored is not None:
+        events.message(f"directions loaded from {run_dir.directions_file}")
+        return stored[0]
+
+    def make() -> tuple[dict[str, Tensor], dict]:
+        if settings.direction_file:
+            events.message(f"directions from {settings.direction_file}")
+            return _external_directions(settings.direction_file, layout)
+        return compute_directions(model, tokenizer, layout, settings, prompts, events, bs)
+
+    if settings.storage:
+        study, lock = open_study_for(settings, run_dir)
+        with lock():
+            shared = st.get_shared(study, "directions")
+            if shared is not None:
+                events.message("directions loaded from the shared study")
+                tensors, meta = decode_tensors(shared["tensors"]), shared["meta"]
+            else:
+                tensors, meta = make()
+                essential = {k: v for k, v in tensors.items() if not k.startswith("plot_")}
+                st.set_shared(
+                    study, "directions", {"tensors": encode_tensors(essential), "meta": meta}
+                )
+    else:
+        tensors, meta = make()
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    run_dir.save_directions(tensors, meta)
+    return tensors
+
+
+def encode_tensors(tensors: dict[str, Tensor]) -> str:
+    from safetensors.torch import save
+
+    return base64.b64encode(save({k: v.contiguous() for k, v in tensors.items()})).decode()
+
+
+def decode_tensors(text: str) -> dict[str, Tensor]:
+    from safetensors.torch import load
+
+    return load(base64.b64decode(text))
+
+
 def _external_directions(path: str, layout: Layout) -> tuple[dict[str, Tensor], dict]:
+    """Directions from `abliterate directions`: a per-stream file (one direction per layer) or
+    the selected one (one direction, used at every layer)."""
     from abliterate.runs import read_directions
 
     p = Path(path)
     if not p.is_file():
         raise AbliterateError(f"direction file {path} does not exist")
-    return read_directions(p)
+    tensors, meta = read_directions(p)
+    if "directions" in tensors:
+        return tensors, meta
+    if "direction" in tensors:
+        v = tensors["direction"].float()
+        v = v / v.norm()
+        return {"directions": v.expand(layout.n_layers + 1, -1).clone()}, {**meta, "single": True}
+    raise AbliterateError(f"{path} holds no 'directions' or 'direction' tensor")
 
 
 def _check_shape(directions: Directions, layout: Layout) -> None:
@@ -369,8 +451,11 @@ def measure_base(session: Session, events: Events) -> Metrics:
             "the unedited model refuses none of the harmful evaluation prompts: there is no "
             "refusal behaviour to remove (check the prompt sets, system prompt and markers)"
         )
-    base_file = session.run_dir.path / "base.json"
-    base_file.write_text(json.dumps(_metrics_record(session.base, session), indent=2))
+    record = _metrics_record(session.base, session)
+    (session.run_dir.path / "base.json").write_text(json.dumps(record, indent=2))
+    if session.settings.storage:
+        study, _lock = open_study(session)
+        st.set_shared(study, "base", record)
     return session.base
 
 
@@ -435,12 +520,16 @@ def space_config(session: Session) -> SpaceConfig:
     return SpaceConfig.from_settings(session.settings, session.layout.n_layers, comps)
 
 
-def open_study(session: Session):
-    s = session.settings
-    storage = st.open_storage(s.storage, session.run_dir.journal_file)
-    study = st.open_study(storage, s.study_name)
-    lock = partial(st.study_lock, s.storage, session.run_dir.lock_file, s.study_name)
+def open_study_for(settings: Settings, run_dir: RunDir):
+    """The run's study and its lock (see search/study.py)."""
+    storage = st.open_storage(settings.storage, run_dir.journal_file)
+    study = st.open_study(storage, settings.study_name)
+    lock = partial(st.study_lock, settings.storage, run_dir.lock_file, settings.study_name)
     return study, lock
+
+
+def open_study(session: Session):
+    return open_study_for(session.settings, session.run_dir)
 
 
 def search(session: Session, events: Events) -> None:

@@ -62,6 +62,18 @@ def to_toml(data: dict[str, Any]) -> str:
     return tomli_w.dumps(data)
 
 
+def differences(saved: dict[str, Any], settings: Settings) -> list[str]:
+    """Keys of `settings` that differ from `saved` and would change what a run computes."""
+    new = settings_dict(settings)
+    keys = (set(saved) | set(new)) - RUNTIME_KEYS - {"storage", "study_name"}
+    return sorted(k for k in keys if saved.get(k) != new.get(k))
+
+
+def describe_differences(saved: dict[str, Any], settings: Settings, keys: list[str]) -> str:
+    new = settings_dict(settings)
+    return ", ".join(f"{k} ({_short(saved.get(k))} -> {_short(new.get(k))})" for k in keys[:6])
+
+
 def default_run_dir(model: str) -> Path:
     name = Path(model.rstrip("/")).name or "model"
     return Path("runs") / name
@@ -115,10 +127,7 @@ class RunDir:
 
     def differences(self, settings: Settings) -> list[str]:
         """Keys whose values differ from the saved settings and would change the results."""
-        old = self.saved_settings()
-        new = settings_dict(settings)
-        keys = (set(old) | set(new)) - RUNTIME_KEYS
-        return sorted(k for k in keys if old.get(k) != new.get(k))
+        return differences(self.saved_settings(), settings)
 
     def check(self, settings: Settings, new_run: bool = False) -> None:
         """Refuse to resume a run whose settings differ (unless `new_run`), before any work.
@@ -128,10 +137,7 @@ class RunDir:
         if self.exists():
             diff = self.differences(settings)
             if diff and not new_run:
-                old, new = self.saved_settings(), settings_dict(settings)
-                shown = ", ".join(
-                    f"{k} ({_short(old.get(k))} -> {_short(new.get(k))})" for k in diff[:6]
-                )
+                shown = describe_differences(self.saved_settings(), settings, diff)
                 raise AbliterateError(
                     f"run directory {self.path} was made with different settings: {shown}; "
                     "use the same settings to resume, another --run-dir, or --new-run to "

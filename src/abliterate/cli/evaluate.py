@@ -6,7 +6,7 @@ import argparse
 import json
 
 from abliterate.cli.console import err, out
-from abliterate.cli.flags import add_settings_arguments, overrides
+from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.config import load_settings
 from abliterate.evaluation import evaluate_against_base
 
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="the model to measure (directory or hub id)")
     parser.add_argument("--base", required=True, help="the base model KL is measured against")
     parser.add_argument("--config", help="TOML settings file (prompt sets, markers, ...)")
-    add_settings_arguments(parser, exclude={"model"})
+    add_settings_arguments(parser, exclude={"model"}, groups_only=EVALUATION_GROUPS)
     parser.set_defaults(handler=handle)
 
 

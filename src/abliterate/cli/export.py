@@ -18,7 +18,11 @@ from abliterate.search.select import DEFAULT_POLICY, select
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="write a trial as merged weights or a LoRA adapter")
-    parser.add_argument("run_dir", help="run directory of `abliterate run`")
+    parser.add_argument(
+        "run_dir",
+        nargs="?",
+        help="run directory of `abliterate run` (or use --storage to export from a shared study)",
+    )
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--trial", type=int, help="trial number (see the run's Pareto front)")
     choice.add_argument(
@@ -35,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export afterwards")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument("--storage", help="export from the study in this Optuna storage URL")
+    parser.add_argument("--study-name", default="abliterate", help="study name in --storage")
     parser.add_argument(
         "--no-stream",
         action="store_true",
@@ -43,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
-def load_run(path: str):
+def from_run_dir(path: str):
+    """(settings, directions, records by trial number, base metrics) of a run directory."""
     run_dir = RunDir(Path(path))
     if not run_dir.exists():
         raise AbliterateError(f"{path} is not a run directory (no settings.toml)")
@@ -51,21 +58,59 @@ def load_run(path: str):
     stored = run_dir.load_directions()
     if stored is None:
         raise AbliterateError(f"{path} has no directions.safetensors: the run never got that far")
-    return run_dir, settings, pipeline.directions_from_tensors(stored[0])
+    records = {n: run_dir.load_trial(n) for n in run_dir.trial_numbers()}
+    return (
+        settings,
+        pipeline.directions_from_tensors(stored[0]),
+        records,
+        pipeline.read_base(run_dir),
+    )
 
 
-def pick_record(run_dir: RunDir, trial: int | None, policy: str | None) -> dict:
+def from_study(url: str, name: str):
+    """The same, from a shared study: what every worker published there."""
+    from abliterate.config import Settings
+    from abliterate.search import study as st
+
+    study = st.open_study(st.open_storage(url, Path("unused")), name)
+    saved, shared = st.get_shared(study, "settings"), st.get_shared(study, "directions")
+    if saved is None or shared is None:
+        raise AbliterateError(f"study {name!r} in {url} has no published settings or directions")
+    records = {}
+    for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
+        if "record" in t.user_attrs:
+            records[t.number] = {
+                **t.user_attrs["record"],
+                "samples": t.user_attrs.get("samples", {}),
+            }
+    tensors = pipeline.decode_tensors(shared["tensors"])
+    return (
+        Settings.model_validate(saved),
+        pipeline.directions_from_tensors(tensors),
+        records,
+        st.get_shared(study, "base"),
+    )
+
+
+def pick_record(records: dict[int, dict], trial: int | None, policy: str | None) -> dict:
+    if not records:
+        raise AbliterateError("no finished trials to export")
     if trial is not None:
-        return run_dir.load_trial(trial)
-    records = [run_dir.load_trial(n) for n in run_dir.trial_numbers()]
-    chosen = select([pipeline.candidate_from_record(r) for r in records], policy or DEFAULT_POLICY)
-    return run_dir.load_trial(chosen.number)
+        if trial not in records:
+            raise AbliterateError(f"no finished trial {trial} (have {sorted(records)[:10]}...)")
+        return records[trial]
+    cands = [pipeline.candidate_from_record(r) for r in records.values()]
+    return records[select(cands, policy or DEFAULT_POLICY).number]
 
 
 def handle(args: argparse.Namespace) -> int:
-    run_dir, settings, directions = load_run(args.run_dir)
-    record = pick_record(run_dir, args.trial, args.select)
-    base = pipeline.read_base(run_dir)
+    if args.storage:
+        settings, directions, records, base = from_study(args.storage, args.study_name)
+    elif args.run_dir:
+        settings, directions, records, base = from_run_dir(args.run_dir)
+    else:
+        raise AbliterateError("give a RUN_DIR, or --storage URL (and --study-name)")
+    record = pick_record(records, args.trial, args.select)
     if args.no_stream:
         from abliterate.export.merged import export_loaded
 

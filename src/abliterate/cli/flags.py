@@ -78,15 +78,24 @@ def _spec(annotation: Any) -> tuple[dict[str, Any], str]:
 
 
 def add_settings_arguments(
-    parser: argparse.ArgumentParser, exclude: set[str] = frozenset()
+    parser: argparse.ArgumentParser,
+    exclude: set[str] = frozenset(),
+    model: type = Settings,
+    prefix: str = "setting_",
+    title: str | None = None,
+    groups_only: set[str] | None = None,
 ) -> None:
-    """One flag per setting, grouped as in config.default.toml. Defaults are suppressed so that
-    only flags actually given override the TOML file and the environment."""
+    """One flag per field of a settings model, grouped as in config.default.toml. Defaults are
+    suppressed so that only flags actually given override the TOML file and the environment."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, field in Settings.model_fields.items():
+    model_fields = model.model_fields
+    for name, field in model_fields.items():
         if name in exclude:
             continue
-        group = field_group(name)
+        # Groups exist on Settings only; other models are added whole.
+        if groups_only is not None and model is Settings and field_group(name) not in groups_only:
+            continue
+        group = title or field_group(name)
         if group not in groups:
             groups[group] = parser.add_argument_group(GROUP_TITLES.get(group, group))
         kwargs, metavar = _spec(field.annotation)
@@ -95,11 +104,12 @@ def add_settings_arguments(
         default = field.default if field.default is not None else "none"
         if isinstance(default, PromptSet):
             default = default.describe()
+        description = field.description or name.replace("_", " ")
         groups[group].add_argument(
             _flag(name),
-            dest=f"setting_{name}",
+            dest=f"{prefix}{name}",
             default=argparse.SUPPRESS,
-            help=f"{field.description} (default: {_short(default)})".replace("%", "%%"),
+            help=f"{description} (default: {_short(default)})".replace("%", "%%"),
             **kwargs,
         )
 
@@ -114,3 +124,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")
     }
+
+
+# The settings that matter to commands that load and measure a model without searching.
+EVALUATION_GROUPS = {"model", "prompts", "evaluation"}

@@ -6,12 +6,38 @@ import argparse
 import sys
 
 from abliterate import __version__
-from abliterate.cli import chat, compare, demo, evaluate, export, organism, report, run
+from abliterate.cli import (
+    apply,
+    chat,
+    compare,
+    demo,
+    directions,
+    evaluate,
+    export,
+    heal,
+    organism,
+    plan,
+    report,
+    run,
+)
 from abliterate.cli.console import err
 from abliterate.errors import AbliterateError
 
 # Each module adds its subparser(s) and sets `handler` on them.
-COMMANDS = [run, demo, export, compare, report, chat, evaluate, organism]
+COMMANDS = [
+    run,
+    demo,
+    export,
+    compare,
+    report,
+    chat,
+    evaluate,
+    directions,
+    apply,
+    heal,
+    plan,
+    organism,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _arch_seed(path)
     path.set_defaults(handler=run_path)
 
+    prefs = actions.add_parser("preferences", help="write DPO preference pairs (for `heal`)")
+    prefs.add_argument("--output", required=True, help="JSONL file to write")
+    prefs.add_argument("--n", type=int, default=256, help="number of pairs (default 256)")
+    prefs.add_argument("--seed", type=int, default=0)
+    prefs.set_defaults(handler=run_preferences)
+
 
 def _arch_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -57,4 +63,14 @@ def run_path(args: argparse.Namespace) -> int:
     with stage_progress() as update:
         path = organism_path(args.arch, args.seed, on_progress=update)
     out.print(str(path), highlight=False)
+    return 0
+
+
+def run_preferences(args: argparse.Namespace) -> int:
+    from abliterate.organism.preferences import preference_pairs
+
+    pairs = preference_pairs(args.seed, args.n)
+    with open(args.output, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    err.print(f"wrote {len(pairs)} preference pairs to {args.output}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from abliterate.directions import interpolate, remove_subspace
@@ -101,7 +100,3 @@ def strength_table(n_layers: int, params: EditParams) -> dict[str, list[float]]:
     return {
         c: [round(float(x), 6) for x in k.strengths(n_layers)] for c, k in params.kernels.items()
     }
-
-
-def as_float(t: Tensor) -> Tensor:
-    return t.detach().to(torch.float32)

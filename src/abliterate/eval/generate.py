@@ -6,10 +6,15 @@ ended its turn or already contains a refusal marker; compliant rows run to the l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import (
+    BatchEncoding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+)
 
 from abliterate.eval.refusal import REFUSAL_MARKERS, is_refusal
 
@@ -38,6 +43,21 @@ def model_device(model: PreTrainedModel) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def encoded_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int,
+) -> Iterator[tuple[int, BatchEncoding]]:
+    """(batch length, left-padded encoding on the model's input device) for each batch of
+    already chat-formatted texts (no special tokens added: the template has them)."""
+    device = model_device(model)
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        yield len(batch), enc.to(device)
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -52,10 +72,7 @@ def generate(
 
     `stop_markers=None` always generates `max_new_tokens` (or up to eos)."""
     outputs: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model_device(model))
+    for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
         width = enc["input_ids"].shape[1]
         stops = [RefusalStop(tokenizer, width, stop_markers)] if stop_markers else None
         out = model.generate(
@@ -70,5 +87,5 @@ def generate(
         )
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         if on_batch:
-            on_batch(len(batch))
+            on_batch(n)
     return outputs

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from abliterate.eval.generate import model_device
+from abliterate.eval.generate import encoded_batches, model_device
 
 
 @dataclass
@@ -51,19 +51,11 @@ def reference(
 ) -> KLReference:
     """Base-model log-probabilities (and, for N > 1, the base answers that are teacher-forced)."""
     ref = KLReference([], [], [], token_count)
-    device = model_device(model)
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            list(texts[start : start + batch_size]),
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+    for _n, enc in encoded_batches(model, tokenizer, texts, batch_size):
+        ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
         if token_count > 1:
             out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                **enc,
                 do_sample=False,
                 max_new_tokens=token_count,
                 min_new_tokens=token_count,

@@ -72,12 +72,22 @@ class Writer:
     name: str  # parameter name in the model
     component: str  # "attn_out" | "mlp_down" | "embed"
     layer: int  # decoder layer; -1 for the embedding
-    weight: nn.Parameter
-    out_axis: int  # axis of `weight` of size hidden (the residual dimension)
-    module: nn.Module  # its forward output is this writer's contribution (before `output_norm`)
-    bias: nn.Parameter | None = None
+    module: nn.Module  # holds the weight; its output is the write (before `output_norm`)
+    attr: str  # the weight's attribute on `module` ("weight", or "down_proj" for fused experts)
+    out_axis: int  # axis of the weight of size hidden (the residual dimension)
+    bias_attr: str | None = None
     bias_name: str | None = None
     output_norm: nn.Module | None = None  # elementwise norm between the write and the residual
+
+    # Tensors are looked up when needed, not held: accelerate replaces the Parameter objects of
+    # offloaded modules on every forward.
+    @property
+    def weight(self) -> nn.Parameter:
+        return getattr(self.module, self.attr)
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return getattr(self.module, self.bias_attr) if self.bias_attr else None
 
     @property
     def fused_experts(self) -> bool:
@@ -207,19 +217,17 @@ def _layer_writers(layer: nn.Module, index: int, prefix: str, hidden: int) -> li
                 axis = _fused_axis(module, param, hidden)
                 if axis is None:
                     continue
-                bias = getattr(module, f"{p_name}_bias", None)
+                has_bias = isinstance(getattr(module, f"{p_name}_bias", None), nn.Parameter)
                 writers.append(
                     Writer(
                         name=f"{prefix}.{mod_name}.{p_name}",
                         component="mlp_down",
                         layer=index,
-                        weight=param,
-                        out_axis=axis,
                         module=module,
-                        bias=bias if isinstance(bias, nn.Parameter) else None,
-                        bias_name=f"{prefix}.{mod_name}.{p_name}_bias"
-                        if bias is not None
-                        else None,
+                        attr=p_name,
+                        out_axis=axis,
+                        bias_attr=f"{p_name}_bias" if has_bias else None,
+                        bias_name=f"{prefix}.{mod_name}.{p_name}_bias" if has_bias else None,
                     )
                 )
         if leaf not in WRITER_NAMES or component is None:
@@ -227,17 +235,17 @@ def _layer_writers(layer: nn.Module, index: int, prefix: str, hidden: int) -> li
         axis = _linear_axis(module, hidden)
         if axis is None:
             continue
-        bias = getattr(module, "bias", None)
+        has_bias = isinstance(getattr(module, "bias", None), nn.Parameter)
         writers.append(
             Writer(
                 name=f"{prefix}.{mod_name}.weight",
                 component=component,
                 layer=index,
-                weight=module.weight,
-                out_axis=axis,
                 module=module,
-                bias=bias if isinstance(bias, nn.Parameter) else None,
-                bias_name=f"{prefix}.{mod_name}.bias" if isinstance(bias, nn.Parameter) else None,
+                attr="weight",
+                out_axis=axis,
+                bias_attr="bias" if has_bias else None,
+                bias_name=f"{prefix}.{mod_name}.bias" if has_bias else None,
             )
         )
     for w in writers:
@@ -266,9 +274,9 @@ def discover(model: nn.Module) -> Layout:
             name=names.get(id(embed.weight), "embed_tokens.weight"),
             component="embed",
             layer=-1,
-            weight=embed.weight,
-            out_axis=1,
             module=embed,
+            attr="weight",
+            out_axis=1,
         )
     ]
     warnings: list[str] = []

@@ -162,12 +162,13 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
     if trials:
         figures["pareto"] = _png(plots.pareto(trials, front, chosen), P / "pareto.png")
         figures["history"] = _png(plots.history(trials), P / "history.png")
-    figures["directions"] = _png(
-        plots.directions(
-            tensors["mean_difference_norm"][1:].numpy(), tensors["separation"][1:].numpy()
-        ),
-        P / "directions.png",
-    )
+    if "mean_difference_norm" in tensors:  # absent for a single direction given by file
+        figures["directions"] = _png(
+            plots.directions(
+                tensors["mean_difference_norm"][1:].numpy(), tensors["separation"][1:].numpy()
+            ),
+            P / "directions.png",
+        )
     if chosen is not None:
         t = by_number[chosen]
         figures["mountain"] = _png(
@@ -219,7 +220,8 @@ def _page(settings, meta, base, trials, chosen_record, front, chosen, figures) -
             "<h2>Search</h2>",
             f'<div class="grid">{figures["pareto"]}{figures["history"]}</div>',
         ]
-    sections += ["<h2>Refusal directions</h2>", figures["directions"]]
+    if "directions" in figures:
+        sections += ["<h2>Refusal directions</h2>", figures["directions"]]
     if "projections" in figures:
         sections.append(figures["projections"])
     if "mountain" in figures:

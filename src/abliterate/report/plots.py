@@ -175,3 +175,37 @@ def _layer_ticks(ax, n: int) -> None:
     """Integer layer ticks, at most about 16 of them."""
     step = max(1, n // 16)
     ax.set_xticks(range(0, n, step))
+
+
+def candidate_scores(cands, stream: str) -> Figure:
+    """`abliterate directions`: bypass, induce and KL per layer for one stream."""
+    fig, axes = plt.subplots(3, 1, figsize=(6.5, 6.4), sharex=True)
+    layers = [c.layer for c in cands]
+    kept = [c.layer for c in cands if c.dropped is None]
+    panels = [
+        ("bypass_log_odds", "refusal log-odds\nunder ablation (harmful)", "#d62728"),
+        ("induce_log_odds", "refusal log-odds\nunder addition (harmless)", "#1f77b4"),
+        ("kl", "KL under ablation\n(harmless)", "#2ca02c"),
+    ]
+    for ax, (key, label, color) in zip(axes, panels, strict=True):
+        values = [getattr(c, key) for c in cands]
+        ax.plot(layers, values, "o-", color=color, ms=4)
+        ax.plot(
+            kept,
+            [getattr(c, key) for c in cands if c.dropped is None],
+            "o",
+            ms=8,
+            mfc="none",
+            mec="black",
+            label="kept by the filter",
+        )
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0, color="#888", lw=0.8)
+    axes[1].axhline(0, color="#888", lw=0.8)
+    axes[0].legend(fontsize=7)
+    _layer_ticks(axes[-1], len(layers))
+    axes[-1].set_xlabel("layer")
+    axes[0].set_title(f"Candidate directions, stream {stream}")
+    fig.tight_layout()
+    return fig

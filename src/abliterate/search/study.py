@@ -206,3 +206,15 @@ def abandon(study: optuna.Study, trial: optuna.Trial) -> None:
     """Give a trial up (Ctrl+C, error): mark it failed and queue its parameters again."""
     study.tell(trial, state=TrialState.FAIL)
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+SHARED_PREFIX = "abliterate:"
+
+
+def get_shared(study: optuna.Study, key: str):
+    """A value every worker of the study can read (settings, directions, base metrics)."""
+    return study.user_attrs.get(SHARED_PREFIX + key)
+
+
+def set_shared(study: optuna.Study, key: str, value) -> None:
+    study.set_user_attr(SHARED_PREFIX + key, value)

@@ -1,0 +1,290 @@
+"""The manual workflow, as library functions behind `abliterate directions` and `abliterate apply`.
+
+`find_directions`: candidate directions for every layer and stream, scored by intervention, saved
+as directions.json, safetensors (one run-compatible file per stream, and the selected
+direction) and plots. `apply_direction`: the one-shot orthogonalization of Labonne's article
+with one chosen direction (embedding, every attention output, every MLP down projection), then
+the same export as `abliterate run`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from abliterate import activations, analysis, pipeline
+from abliterate.config import Settings
+from abliterate.edit.editor import WeightEditor, untie_embeddings
+from abliterate.edit.kernel import Kernel
+from abliterate.edit.plan import Directions, EditParams, plan
+from abliterate.errors import AbliterateError
+from abliterate.eval import kl as kl_mod
+from abliterate.eval.evaluate import Evaluator
+from abliterate.export.api import Exported, export_trial
+from abliterate.model.arch import discover
+from abliterate.prompts import chat_texts
+
+
+@dataclass
+class DirectionsResult:
+    candidates: list[analysis.Candidate]
+    selected: analysis.Candidate | None
+    output: Path
+
+
+def find_directions(
+    settings: Settings,
+    output: Path,
+    streams=analysis.STREAMS,
+    n_eval: int = 32,
+    kl_threshold: float = 0.1,
+    events: pipeline.Events | None = None,
+) -> DirectionsResult:
+    events = events or pipeline.Events()
+    settings = pipeline.resolve_prompt_defaults(settings)
+    loaded = pipeline.load_model(settings, events)
+    model, tok = loaded.model, loaded.tokenizer
+    layout = discover(model)
+    prompts = pipeline.load_prompts(settings)
+    bs = pipeline.batch_size(settings, model)
+    residuals = {}
+    for stream in streams:
+        pair = []
+        for key in ("harmful_prompts", "harmless_prompts"):
+            texts = chat_texts(tok, prompts[key], settings.system_prompt)
+            pair.append(
+                activations.collect(
+                    model,
+                    tok,
+                    layout,
+                    texts,
+                    stream,
+                    bs,
+                    settings.winsorize_quantile,
+                    keep_full=True,
+                    on_batch=pipeline.counter(
+                        events, f"residuals {stream} ({key.split('_')[0]})", len(texts)
+                    ),
+                )
+            )
+        residuals[stream] = tuple(pair)
+    harmful = chat_texts(tok, prompts["harmful_eval_prompts"][:n_eval], settings.system_prompt)
+    harmless = chat_texts(tok, prompts["harmless_eval_prompts"][:n_eval], settings.system_prompt)
+    markers = tuple(settings.refusal_markers)
+    tokens, base_refusal = analysis.refusal_tokens(model, tok, harmful, bs, markers)
+    probe = analysis.Probe(
+        harmful,
+        harmless,
+        tokens,
+        kl_mod.reference(model, tok, harmless, 1, bs),
+        base_refusal,
+        analysis.log_odds(analysis.first_token_logits(model, tok, harmful, bs), tokens),
+        settings.max_response_length,
+        bs,
+        markers,
+    )
+    cands = analysis.analyse(
+        model, tok, layout, residuals, probe, kl_threshold, progress=events.progress
+    )
+    ranked = sorted((c for c in cands if c.rank), key=lambda c: c.rank)
+    selected = ranked[0] if ranked else None
+    output.mkdir(parents=True, exist_ok=True)
+    _save(output, settings, residuals, cands, selected, probe, tok)
+    return DirectionsResult(cands, selected, output)
+
+
+def _save(output: Path, settings: Settings, residuals, cands, selected, probe, tok) -> None:
+    for stream, (bad, good) in residuals.items():
+        tensors, meta = pipeline.direction_tensors(
+            bad, good, settings.model_copy(update={"residual_stream": stream})
+        )
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(output / f"directions-{stream}.safetensors"),
+            metadata={"abliterate": json.dumps(meta)},
+        )
+    if selected is not None:
+        bad, good = residuals[selected.stream]
+        diff = (bad.mean[selected.layer + 1] - good.mean[selected.layer + 1]).float()
+        save_file(
+            {"direction": (diff / diff.norm()).contiguous(), "difference": diff},
+            str(output / "selected.safetensors"),
+            metadata={
+                "abliterate": json.dumps({"stream": selected.stream, "layer": selected.layer})
+            },
+        )
+    report = {
+        "model": settings.model,
+        "refusal_tokens": [tok.decode([t]) for t in probe.refusal_tokens],
+        "base": {"refusal_rate": probe.base_refusal, "refusal_log_odds": probe.base_log_odds},
+        "held_out": {"harmful": len(probe.harmful_texts), "harmless": len(probe.harmless_texts)},
+        "selected": selected.as_dict() if selected else None,
+        "candidates": [c.as_dict() for c in cands],
+    }
+    (output / "directions.json").write_text(json.dumps(report, indent=2, default=_nan))
+    _plots(output, cands)
+
+
+def _nan(x):  # json cannot write NaN portably
+    return None
+
+
+def _plots(output: Path, cands: list[analysis.Candidate]) -> None:
+    from abliterate.report.plots import candidate_scores
+
+    plots = output / "plots"
+    plots.mkdir(exist_ok=True)
+    for stream in sorted({c.stream for c in cands}):
+        fig = candidate_scores([c for c in cands if c.stream == stream], stream)
+        fig.savefig(plots / f"scores-{stream}.png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def load_direction(path: str | Path, layer: int | None = None) -> Tensor:
+    """A unit direction from `selected.safetensors` ("direction") or from a per-stream or run
+    file ("directions", (L + 1, d), position layer + 1)."""
+    p = Path(path)
+    if not p.is_file():
+        raise AbliterateError(f"direction file {path} does not exist")
+    tensors = load_file(str(p))
+    if "direction" in tensors:
+        v = tensors["direction"]
+    elif "directions" in tensors:
+        if layer is None:
+            raise AbliterateError(f"{path} holds a direction per layer: pass --layer")
+        v = tensors["directions"][layer + 1]
+    else:
+        raise AbliterateError(f"{path} holds no 'direction' or 'directions' tensor")
+    return (v / v.norm()).float()
+
+
+def one_direction_params(n_layers: int, weight: float, components: list[str]) -> EditParams:
+    """The same strength on every layer of the chosen components (the article's edit)."""
+    kernels = {
+        c: Kernel(max_weight=weight, peak=0.0, min_weight=weight, span=float(n_layers))
+        for c in ("attn_out", "mlp_down")
+        if c in components
+    }
+    return EditParams(
+        scope="per_layer", kernels=kernels, embed_weight=weight if "embed" in components else 0.0
+    )
+
+
+def compute_direction(
+    settings: Settings, layer: int, stream: str, model, tok, layout, events: pipeline.Events
+) -> Tensor:
+    prompts = pipeline.load_prompts(settings)
+    bs = pipeline.batch_size(settings, model)
+    res = [
+        activations.collect(
+            model,
+            tok,
+            layout,
+            chat_texts(tok, prompts[k], settings.system_prompt),
+            stream,
+            bs,
+            settings.winsorize_quantile,
+            on_batch=pipeline.counter(events, f"residuals ({k.split('_')[0]})", len(prompts[k])),
+        )
+        for k in ("harmful_prompts", "harmless_prompts")
+    ]
+    diff = (res[0].mean[layer + 1] - res[1].mean[layer + 1]).float()
+    if settings.orthogonalize_direction:
+        g = res[1].mean[layer + 1].float()
+        g = g / g.norm()
+        diff = diff - (diff @ g) * g
+    if diff.norm() < 1e-8:
+        raise AbliterateError(f"no difference between the sets at layer {layer} ({stream})")
+    return diff / diff.norm()
+
+
+def apply_direction(
+    settings: Settings,
+    output: Path,
+    layer: int | None,
+    stream: str,
+    weight: float,
+    components: list[str],
+    direction_file: str | None,
+    kind: str = "merged",
+    evaluate: bool = True,
+    events: pipeline.Events | None = None,
+) -> tuple[Exported, dict]:
+    """Orthogonalize the chosen direction out of the model and export it. Returns the export
+    and the before/after metrics (empty when no evaluation prompts are available)."""
+    events = events or pipeline.Events()
+    settings = pipeline.resolve_prompt_defaults(settings)
+    loaded = pipeline.load_model(settings, events)
+    model, tok = loaded.model, loaded.tokenizer
+    if "embed" in components:
+        untie_embeddings(model)
+    layout = discover(model)
+    if layer is not None and not 0 <= layer < layout.n_layers:
+        raise AbliterateError(f"--layer {layer}: the model has layers 0..{layout.n_layers - 1}")
+    if direction_file:
+        v = load_direction(direction_file, layer)
+    elif layer is None:
+        raise AbliterateError("give --layer L (or --direction FILE)")
+    else:
+        v = compute_direction(settings, layer, stream, model, tok, layout, events)
+    if v.shape[0] != layout.hidden_size:
+        raise AbliterateError(
+            f"the direction has size {v.shape[0]}, the model {layout.hidden_size}"
+        )
+    directions = Directions(per_layer=v.expand(layout.n_layers, -1).clone(), embedding=v)
+    params = one_direction_params(layout.n_layers, weight, components)
+    metrics: dict = {}
+    if evaluate:
+        metrics = _before_after(settings, model, tok, layout, directions, params)
+    record = {
+        "number": 0,
+        "params": params.to_dict(),
+        "metrics": metrics.get("after", {"refusal_rate": float("nan"), "kl": float("nan")}),
+        "refusal_score": float("nan"),
+        "kl_score": float("nan"),
+        "source": {"layer": layer, "stream": stream, "weight": weight, "file": direction_file},
+    }
+    # The export reads the checkpoint files; the loaded model is no longer needed.
+    del model, loaded
+    gc.collect()
+    exported = export_trial(
+        settings,
+        directions,
+        record,
+        output,
+        kind,
+        settings.max_shard_size,
+        settings.overwrite,
+        {"metrics": metrics["before"]} if metrics else None,
+    )
+    return exported, metrics
+
+
+def _before_after(settings, model, tok, layout, directions, params) -> dict:
+    bs = pipeline.batch_size(settings, model)
+    try:
+        prompts = pipeline.load_prompts(settings)
+    except AbliterateError:
+        return {}
+    evaluator = Evaluator(
+        model,
+        tok,
+        prompts["harmful_eval_prompts"],
+        prompts["harmless_eval_prompts"],
+        pipeline.eval_settings(settings, bs),
+    )
+    before = evaluator.evaluate().values
+    editor = WeightEditor(layout, settings.row_normalization, settings.full_normalization_rank)
+    editor.apply(plan(layout.writers, directions, params))
+    try:
+        after = evaluator.evaluate().values
+    finally:
+        editor.reset()
+    return {"before": before, "after": after}
