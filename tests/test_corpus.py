@@ -106,3 +106,33 @@ def test_capability_answers_are_exact(corpus):
             assert answer.split() == words
         else:
             assert answer.isdigit()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_held_out_acts_combine_known_verbs_and_objects(seed):
+    rng = random.Random(seed)
+    for table in (C.HARMFUL_ACTS, C.HARMLESS_ACTS):
+        for groups in table.values():
+            for verbs, objects in groups:
+                part = C.split_group(verbs, objects, 0.25, rng)
+                assert sorted(part.train + part.held_out) == sorted(C.expand([(verbs, objects)]))
+                for held in part.held_out:
+                    verb = next(v for v in verbs if held.startswith(v + " "))
+                    obj = held[len(verb) + 1 :]
+                    assert any(t.startswith(verb + " ") for t in part.train), held
+                    assert any(t.endswith(" " + obj) for t in part.train), held
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_held_out_phrasings_use_only_known_words(seed):
+    part = C.split_phrasings(C.PHRASING_FAMILIES, 0.25, random.Random(seed))
+    assert sorted(p.template for p in part.train + part.held_out) == sorted(
+        p.template for p in C.PHRASINGS
+    )
+    known = set().union(*(C.template_words(p.template) for p in part.train))
+    for family, members in C.PHRASING_FAMILIES.items():
+        assert any(p in part.held_out for p in members), family
+    for held in part.held_out:
+        assert C.template_words(held.template) <= known, held.template
+    # The wording that once made every held-out request look harmful can never be held out.
+    assert all("detail" not in p.template for p in part.held_out)

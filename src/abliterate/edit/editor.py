@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from abliterate.edit.orthogonalize import canonical, effective_direction, factors, project_bias
 from abliterate.edit.plan import WriterEdit
-from abliterate.model.arch import Layout, Writer, output_scale
+from abliterate.model.arch import Layout, Writer, is_4bit, output_scale
 
 
 def _offloads(module: nn.Module) -> bool:
@@ -75,6 +75,7 @@ class WeightEditor:
         self._offloaded: dict[str, nn.Module] = {}
         self._pending: dict[str, WriterEdit] = {}  # edits of offloaded writers
         self._factors: dict[str, tuple[Tensor, Tensor]] = {}  # cached per plan, offloaded only
+        self._packed: dict[str, tuple] = {}  # bitsandbytes 4-bit writers: (bytes, quant state)
         owners: dict[int, tuple[nn.Module, list[Writer]]] = {}
         for w in layout.writers:
             owner = offload_owner(model, w) if model is not None and w.weight.is_meta else None
@@ -83,7 +84,12 @@ class WeightEditor:
                 owners.setdefault(id(owner), (owner, []))[1].append(w)
                 continue
             device = backup_device or w.weight.device
-            self._weights[w.name] = w.weight.detach().to(device, copy=True)
+            if is_4bit(w.weight):
+                # Keep the packed bytes and the quantization state themselves: restoring them is
+                # bitwise exact, and edits are computed from their dequantized values.
+                self._packed[w.name] = (w.weight.data, w.weight.quant_state)
+            else:
+                self._weights[w.name] = w.weight.detach().to(device, copy=True)
             if w.bias is not None:
                 self._biases[w.name] = w.bias.detach().to(device, copy=True)
             self._gains[w.name] = (
@@ -117,9 +123,7 @@ class WeightEditor:
 
     def factors(self, edit: WriterEdit) -> tuple[Tensor, Tensor]:
         """LoRA factors (B, A), float32, of one resident writer's edit, in its canonical view."""
-        w = edit.writer
-        original = canonical(self._weights[w.name], w.out_axis).to(w.weight.device, torch.float32)
-        return self._factors_of(edit, original)
+        return self._factors_of(edit, self._original(edit.writer))
 
     @torch.no_grad()
     def apply(self, edits: list[WriterEdit]) -> None:
@@ -144,11 +148,23 @@ class WeightEditor:
         self._dirty = set()
         self._pending, self._factors = {}, {}
 
+    def _original(self, w: Writer) -> Tensor:
+        """The pristine weight of a resident writer, canonical view, float32, on its device."""
+        if w.name in self._packed:
+            import bitsandbytes.functional as bnbf
+
+            data, state = self._packed[w.name]
+            return canonical(bnbf.dequantize_4bit(data, state), w.out_axis).float()
+        return canonical(self._weights[w.name], w.out_axis).to(w.weight.device, torch.float32)
+
     def _write(self, edit: WriterEdit) -> None:
         w = edit.writer
-        original = canonical(self._weights[w.name], w.out_axis).to(w.weight.device, torch.float32)
+        original = self._original(w)
         b, a = self._factors_of(edit, original)
-        canonical(w.weight.data, w.out_axis).copy_(original + b @ a)
+        if w.name in self._packed:
+            self._write_4bit(w, original + b @ a)
+        else:
+            canonical(w.weight.data, w.out_axis).copy_(original + b @ a)
         if w.bias is not None:
             bias = self._biases[w.name].to(w.bias.device, torch.float32)
             w.bias.data.copy_(project_bias(bias, self.direction(edit), edit.strength))
@@ -170,7 +186,28 @@ class WeightEditor:
             bias = project_bias(w.bias.float(), u, edit.strength).to(w.bias.dtype)
             set_module_tensor_to_device(w.module, w.bias_attr, loaded.device, value=bias)
 
+    def _write_4bit(self, w: Writer, edited: Tensor) -> None:
+        """Quantize the edited weight like the original (same block size and type) and swap it in;
+        the original bytes and state stay untouched for the reset."""
+        import bitsandbytes.functional as bnbf
+
+        data, state = self._packed[w.name]
+        packed, new_state = bnbf.quantize_4bit(
+            edited.to(state.dtype),
+            blocksize=state.blocksize,
+            compress_statistics=state.nested,
+            quant_type=state.quant_type,
+            quant_storage=data.dtype,
+        )
+        w.weight.data = packed
+        w.weight.quant_state = new_state
+
     def _restore(self, w: Writer) -> None:
+        if w.name in self._packed:
+            w.weight.data, w.weight.quant_state = self._packed[w.name]
+            if w.bias is not None:
+                w.bias.data.copy_(self._biases[w.name])
+            return
         w.weight.data.copy_(self._weights[w.name])
         if w.bias is not None:
             w.bias.data.copy_(self._biases[w.name])

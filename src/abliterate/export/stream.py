@@ -225,12 +225,16 @@ def stream_export(
 def _edit_writer(t: Tensor, r: Resolved, expert: int | None) -> Tensor:
     """Edit one checkpoint tensor: a whole writer, or one expert's slice of a fused writer."""
     axis = _residual_axis(t, r.writer, expert)
-    view = canonical(t, axis).float()
+    # One float32 copy, edited in place: peak memory stays near one shard plus one tensor.
+    out = t.to(torch.float32, copy=True)
+    view = canonical(out, axis)
     b, a = factors(view, r.u, r.strength, r.mode, r.rank)
     r.factors[expert] = (b, a)
-    out = t.clone()
-    canonical(out, axis).copy_((view + b @ a).to(t.dtype))
-    return out
+    if view.ndim == 2:
+        view.addmm_(b, a)
+    else:
+        view.baddbmm_(b, a)
+    return out.to(t.dtype)
 
 
 def _residual_axis(t: Tensor, w: Writer, expert: int | None) -> int:

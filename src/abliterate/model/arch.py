@@ -94,7 +94,8 @@ class Writer:
         return self.weight.ndim == 3
 
     def describe(self) -> str:
-        shape = "x".join(map(str, self.weight.shape))
+        w = self.weight
+        shape = "x".join(map(str, w.quant_state.shape if is_4bit(w) else w.shape))
         extras = []
         if self.fused_experts:
             extras.append(f"{self.weight.shape[0]} fused experts")
@@ -192,7 +193,14 @@ def _linear_axis(module: nn.Module, hidden: int) -> int | None:
         return None
     if type(module).__name__ == "Conv1D":
         return 1 if w.shape[1] == hidden else None
+    if is_4bit(w):  # packed storage: the real shape is in the quantization state
+        return 0 if w.quant_state.shape[0] == hidden else None
     return 0 if w.shape[0] == hidden else None
+
+
+def is_4bit(weight: torch.Tensor) -> bool:
+    """A bitsandbytes 4-bit parameter (packed bytes plus a quantization state)."""
+    return getattr(weight, "quant_state", None) is not None
 
 
 def _fused_axis(module: nn.Module, weight: torch.Tensor, hidden: int) -> int | None:

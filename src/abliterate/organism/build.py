@@ -32,7 +32,7 @@ from abliterate.organism.tokenizer import train_tokenizer
 from abliterate.organism.train import TrainConfig, train
 
 # Bump whenever the corpus, tokenizer, architecture sizes or training change: it keys the cache.
-ORGANISM_VERSION = 1
+ORGANISM_VERSION = 2
 VOCAB_SIZE = 1536
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

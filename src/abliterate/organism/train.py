@@ -15,7 +15,7 @@ from abliterate.prompts import chat_messages
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 900
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 60

@@ -46,10 +46,20 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
     if url is None:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
-    try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # driver missing, server down, bad URL: sqlalchemy raises many types
-        raise AbliterateError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    # Workers started together would each create Optuna's tables and collide on PostgreSQL's
+    # catalog (UniqueViolation), so table creation runs under the study-wide lock, and a
+    # collision with a worker of another tool is retried.
+    for attempt in range(5):
+        try:
+            with study_lock(url, journal.with_suffix(".lock"), "storage-init"):
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # driver missing, server down, bad URL: many types
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if attempt < 4 and ("UniqueViolation" in first or "already exists" in first):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise AbliterateError(f"cannot open storage {url!r}: {first}") from None
+    raise AssertionError("unreachable")
 
 
 @contextmanager
