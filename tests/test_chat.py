@@ -35,11 +35,13 @@ def test_chat_with_the_organism(organism_dir):
     child.expect("model> ")
     child.expect(REFUSAL)
     child.expect("you> ")
+    # The organism was trained on single turns: after /reset the next question is one again,
+    # and it gets the answer plain transformers gives (tests/test_organism.py).
+    child.sendline("/reset")
+    child.expect(r"\(conversation reset\)")
     child.sendline("Add 2 and 3.")
     child.expect("model> 5")
     child.expect("you> ")
-    child.sendline("/reset")
-    child.expect(r"\(conversation reset\)")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
     child.close()

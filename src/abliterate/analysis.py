@@ -192,7 +192,9 @@ def filter_and_rank(
             c.dropped = f"in the last {late_fraction:.0%} of layers"
         elif not c.kl <= kl_threshold:
             c.dropped = f"KL {c.kl:.3f} > {kl_threshold}"
-        elif not c.induce_log_odds > 0:
+        # Arditi et al. test induction by first-token log-odds alone; a small model may open a
+        # refusal with a token that is not on the list, so generated refusals count too.
+        elif not (c.induce_log_odds > 0 or c.induce_refusal >= 0.5):
             c.dropped = "does not induce refusal"
     kept = sorted(
         (c for c in cands if c.dropped is None),

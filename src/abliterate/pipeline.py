@@ -538,7 +538,16 @@ def search(session: Session, events: Events) -> None:
     study, lock = open_study(session)
     sync_trial_files(session, study)
     space = space_config(session)
-    while (trial := st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)) is not None:
+    while True:
+        trial = st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)
+        if trial is None:
+            # The study is full, but other workers may still be running trials: wait for them
+            # (or for their heartbeats to go stale and their trials to come back to the queue),
+            # so that every worker chooses from the same, complete set of trials.
+            if st.counts(study)["complete"] >= s.n_trials:
+                break
+            time.sleep(st.POLL_SECONDS)
+            continue
         try:
             with st.heartbeat(trial):
                 params = suggest(trial, space)
@@ -553,6 +562,7 @@ def search(session: Session, events: Events) -> None:
         study.tell(trial, [record["refusal_score"], record["kl_score"]])
         session.run_dir.save_trial(record)
         events.trial(record, st.counts(study))
+    sync_trial_files(session, study)
 
 
 def sync_trial_files(session: Session, study) -> None:

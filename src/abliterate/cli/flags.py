@@ -119,11 +119,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags, by setting name."""
-    return {
-        k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")
-    }
+def overrides(args: argparse.Namespace, prefix: str = "setting_") -> dict[str, Any]:
+    """The settings given as flags, by setting name (flags added with this `prefix`)."""
+    return {k.removeprefix(prefix): v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 # The settings that matter to commands that load and measure a model without searching.

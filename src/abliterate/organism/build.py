@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from platformdirs import user_cache_dir
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from abliterate.atomic import atomic_directory
+from abliterate.atomic import atomic_directory, check_output_free
 from abliterate.organism.arches import get_arch
 from abliterate.organism.check import organism_metrics
 from abliterate.organism.corpus import Corpus, build_corpus
@@ -92,6 +92,7 @@ def build_organism(
     """Train the organism and write it to `output` (atomically). Same seed, same weights."""
     started = time.perf_counter()
     spec = get_arch(arch)
+    check_output_free(Path(output), overwrite)  # before minutes of training, not after
     cfg = train_config or TrainConfig()
     corpus = build_corpus(seed)
     tokenizer = train_tokenizer(
@@ -115,6 +116,7 @@ def build_organism(
     with atomic_directory(output, overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _check_tokenizer_round_trip(tokenizer, tmp, [c.user for c in corpus.train[:500]])
         write_prompt_sets(tmp, corpus)
         if on_progress:
             on_progress("check", 0, 1)
@@ -159,3 +161,15 @@ def organism_path(arch: str = "llama", seed: int = 0, on_progress: Progress | No
         if not (path / "organism.json").is_file():
             build_organism(path, arch=arch, seed=seed, overwrite=True, on_progress=on_progress)
     return path
+
+
+def _check_tokenizer_round_trip(tokenizer, directory: Path, texts: list[str]) -> None:
+    """AutoTokenizer may pick a model-specific class for the saved directory (it does for
+    qwen2) that rebuilds the pipeline; the organism would then read its prompts differently
+    from how it was trained. Fail the build rather than ship that."""
+    loaded = AutoTokenizer.from_pretrained(directory)
+    if any(loaded(t)["input_ids"] != tokenizer(t)["input_ids"] for t in texts):
+        raise RuntimeError(
+            f"{type(loaded).__name__} loaded from {directory} tokenizes differently from the "
+            "tokenizer the organism was trained with"
+        )

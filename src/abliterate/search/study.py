@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from abliterate.errors import AbliterateError
 
 HEARTBEAT_SECONDS = 10.0
+POLL_SECONDS = 2.0  # how often a worker with nothing to claim looks again
 GRACE_SECONDS = 120.0
 METRIC_NAMES = ["refusal_score", "kl_score"]
 
