@@ -128,5 +128,7 @@ def test_interrupted_run_resumes_without_recomputing(organism_dir, tmp_path, sig
     interrupted = [t for t in study.get_trials() if t.state == st.TrialState.FAIL]
     if interrupted:  # killed mid-trial: the same parameters ran again
         retry = [t for t in study.get_trials() if t.user_attrs.get("retry_of") is not None]
-        assert retry and retry[0].params == interrupted[0].params
+        # A kill during sampling leaves only the parameters drawn so far; the retry keeps
+        # those and draws the rest.
+        assert retry and interrupted[0].params.items() <= retry[0].params.items()
     assert len(list((run_dir / "trials").glob("*.json"))) == n
