@@ -205,10 +205,10 @@ def heal(
     trainer.model.eval()
     after = {}
     if eval_settings:
-        tok = AutoTokenizer.from_pretrained(model_path)
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        from abliterate.model.loading import load_tokenizer
+
+        # The evaluation's own tokenizer set-up (left padding, pad fallback), not TRL's.
+        tok = load_tokenizer(model_path, eval_settings.chat_template)
         after = evaluate_against_base(
             eval_settings, model_path, base, message, loaded=(trainer.model, tok)
         )["metrics"]
