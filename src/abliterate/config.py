@@ -70,7 +70,17 @@ class Settings(BaseSettings):
     )
 
     # -- model -------------------------------------------------------------------------------
-    model: str = _field("", "model", "Hugging Face model id or local model directory.")
+    model: str = _field(
+        "",
+        "model",
+        "Hugging Face model id, local model directory, or GGUF file (a local .gguf, or "
+        "ORG/REPO/FILE.gguf on the Hub).",
+    )
+    gguf_file: str | None = _field(
+        None,
+        "model",
+        "A GGUF file inside the model directory or Hub repository (same as MODEL/FILE.gguf).",
+    )
     dtypes: list[str] = _field(
         ["auto", "bfloat16", "float16", "float32"],
         "model",
@@ -283,8 +293,17 @@ class Settings(BaseSettings):
     )
     study_name: str = _field("abliterate", "run", "Name of the Optuna study in the storage.")
     output: str | None = _field(None, "run", "Write the chosen model here when the search ends.")
-    export: Literal["merged", "adapter", "both"] = _field(
-        "merged", "run", "What --output receives: merged weights, a LoRA adapter, or both."
+    export: str = _field(
+        "merged",
+        "run",
+        "What --output receives: merged (safetensors), adapter (PEFT LoRA), gguf, both (merged "
+        "and adapter), or a list such as merged,gguf (then one sub-directory each).",
+    )
+    gguf_type: Literal["Q8_0", "F16", "BF16", "F32", "source"] = _field(
+        "Q8_0",
+        "run",
+        "Type of the edited tensors in a GGUF export (the others are copied as they are); "
+        "'source' requantizes to each tensor's own type, which can lose part of the edit.",
     )
     select: str | None = _field(
         None,
@@ -297,6 +316,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.gguf_file:
+            # One spec for the model everywhere (run directory name, resume checks, loading).
+            if self.model.lower().endswith(".gguf"):
+                raise ValueError(f"gguf_file {self.gguf_file} given, but model is a file")
+            self.model = f"{self.model.rstrip('/')}/{self.gguf_file}"
+            self.gguf_file = None
+        export_kinds(self.export)
         if self.n_startup_trials is not None and self.n_startup_trials > self.n_trials:
             raise ValueError(
                 f"n_startup_trials ({self.n_startup_trials}) > n_trials ({self.n_trials})"
@@ -343,6 +369,25 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+
+EXPORT_KINDS = ("merged", "adapter", "gguf")
+
+
+def export_kinds(spec: str) -> tuple[str, ...]:
+    """`merged`, `adapter`, `gguf`, `both` (merged and adapter) or a comma-separated list."""
+    kinds: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        expanded = ["merged", "adapter"] if part == "both" else [part]
+        for kind in expanded:
+            if kind not in EXPORT_KINDS:
+                raise ValueError(
+                    f"export kind {part!r}: use merged, adapter, gguf, both or a list such as "
+                    "merged,gguf"
+                )
+            if kind not in kinds:
+                kinds.append(kind)
+    return tuple(kinds)
 
 
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:

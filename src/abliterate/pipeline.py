@@ -29,6 +29,7 @@ from torch import Tensor
 from abliterate import activations
 from abliterate import directions as dirmath
 from abliterate.config import Settings
+from abliterate.edit.check import check_writes
 from abliterate.edit.editor import WeightEditor, untie_embeddings
 from abliterate.edit.plan import Directions, EditParams, plan, strength_table
 from abliterate.errors import AbliterateError
@@ -299,6 +300,14 @@ def open_session(
     editor = WeightEditor(
         layout, settings.row_normalization, settings.full_normalization_rank, model=model
     )
+    if for_search:
+        # A writer that discovery missed would make every trial a partial edit: say so loudly.
+        problems = check_writes(model, layout, editor)
+        for problem in problems:
+            events.message(f"[yellow]warning:[/yellow] {problem}")
+        if not problems:
+            n = len(layout.writers)
+            events.message(f"writer check: every layer's residual write is edited ({n} weights)")
     return Session(
         settings,
         run_dir,

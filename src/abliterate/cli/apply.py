@@ -86,7 +86,6 @@ def handle(args: argparse.Namespace) -> int:
             f"KL {a['kl']:.4f}",
             highlight=False,
         )
-    for path in (exported.merged, exported.adapter):
-        if path is not None:
-            err.print(f"[green]saved[/green] {path}")
+    for path in exported.paths:
+        err.print(f"[green]saved[/green] {path}")
     return 0

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from abliterate import pipeline
 from abliterate.cli.console import err, out, progress
+from abliterate.cli.run import report_export
 from abliterate.config import load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.api import KINDS, export_trial
+from abliterate.export.api import export_trial
 from abliterate.export.hub import push
 from abliterate.runs import RunDir
 from abliterate.search.select import DEFAULT_POLICY, select
@@ -31,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument(
         "--export",
-        choices=KINDS,
         default="merged",
-        help="merged weights, LoRA adapter, or both side by side",
+        help="merged, adapter, gguf, both (merged and adapter) or a list such as merged,gguf",
+    )
+    parser.add_argument(
+        "--gguf-type",
+        choices=("Q8_0", "F16", "BF16", "F32", "source"),
+        help="type of the edited tensors in a GGUF export (default: the run's, Q8_0)",
     )
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
@@ -111,8 +116,10 @@ def handle(args: argparse.Namespace) -> int:
     else:
         raise AbliterateError("give a RUN_DIR, or --storage URL (and --study-name)")
     record = pick_record(records, args.trial, args.select)
+    if args.gguf_type:
+        settings = settings.model_copy(update={"gguf_type": args.gguf_type})
     if args.no_stream:
-        from abliterate.export.merged import export_loaded
+        from abliterate.export.merged import export_merged as export_loaded
 
         if args.export != "merged":
             raise AbliterateError("--no-stream writes merged weights only")
@@ -135,11 +142,8 @@ def handle(args: argparse.Namespace) -> int:
                 base,
                 on_progress=lambda d, t: bars.update(task, completed=d, total=t),
             )
-        for warning in result.warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
-        targets = [p for p in (result.merged, result.adapter) if p is not None]
-    for path in targets:
-        err.print(f"[green]saved[/green] trial {record['number']} to {path}")
+        report_export(result, record["number"])
+        targets = result.paths
     if args.push_to_hub:
         url = push(Path(args.output), args.push_to_hub, args.private)
         err.print(f"[green]uploaded[/green] to {url}")

@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    # The CLI draws its own progress bars; transformers' would interleave with them.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return args.handler(args) or 0
     except AbliterateError as exc:

@@ -17,7 +17,7 @@ from abliterate.cli.console import err, out, progress
 from abliterate.cli.flags import add_settings_arguments, overrides
 from abliterate.config import Settings, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.api import export_trial
+from abliterate.export.api import Exported, export_trial
 from abliterate.export.hub import push
 from abliterate.model.arch import Layout
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
@@ -269,8 +269,18 @@ def export(session: pipeline.Session, record: dict, output: str, kind: str) -> N
         s.overwrite,
         pipeline.read_base(session.run_dir),
     )
+    report_export(result, record["number"])
+
+
+def report_export(result: Exported, number: int) -> None:
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
-    for path in (result.merged, result.adapter):
-        if path is not None:
-            err.print(f"[green]saved[/green] trial {record['number']} to {path}")
+    if result.gguf_report is not None:
+        g = result.gguf_report
+        types = ", ".join(f"{n} x {t}" for t, n in g.types.items())
+        err.print(
+            f"  GGUF: {g.edited} edited tensors re-encoded ({types}), the rest copied unchanged; "
+            f"the stored values keep {g.kept:.1%} of the edit along the refusal direction"
+        )
+    for path in result.paths:
+        err.print(f"[green]saved[/green] trial {number} to {path}")

@@ -6,6 +6,14 @@ next plan leaves alone are restored from their copies. After any sequence of `ap
 `reset` leaves the weights bitwise equal to the originals. No adapters wrap the model: a trial
 costs the edit plus the evaluation's forward passes.
 
+Writers stored in bitsandbytes 4-bit are the exception: their weights are never rewritten. The
+edit changes each element by far less than nf4's step, so requantizing the edited weight rounds
+most of it away (about 77% of the component along the direction survives on a 1024x2816
+writer), and the search would score a barely edited model while the export applies the full
+edit. Their packed bytes stay as loaded and the same edit, W' = W + B A with (B, A) computed in
+float32 from the dequantized weight, is added to the module's output by a forward hook, as a
+LoRA adapter would: out + (x A^T) B^T. The reset removes the hook.
+
 Writers that accelerate offloads (CPU or disk offload of models larger than the GPUs, or than
 RAM) have no resident tensor to edit: their weights are loaded into the module for each forward
 and dropped after it. For those, the edit is applied at that moment, by a hook chained after
@@ -19,6 +27,7 @@ import torch
 from accelerate.hooks import AlignDevicesHook, ModelHook, SequentialHook, add_hook_to_module
 from accelerate.utils import set_module_tensor_to_device
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from abliterate.edit.orthogonalize import canonical, effective_direction, factors, project_bias
 from abliterate.edit.plan import WriterEdit
@@ -56,6 +65,21 @@ class _EditOnLoad(ModelHook):
         return args, kwargs
 
 
+class _AddDelta:
+    """Forward hook of a 4-bit writer: adds the edit's delta x A^T B^T to its output, in float32.
+
+    With the canonical weight (d, n) of a 2-D writer, its output is y = x W^T (+ bias) whatever
+    the storage axis, so W' = W + B A writes y + (x A^T) B^T."""
+
+    def __init__(self, b: Tensor, a: Tensor):
+        self.b, self.a = b, a  # (d, r), (r, n) float32
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        x = args[0].to(output.device, torch.float32)  # (..., n)
+        a, b = self.a.to(output.device), self.b.to(output.device)
+        return (output.float() + (x @ a.T) @ b.T).to(output.dtype)  # (..., d)
+
+
 class WeightEditor:
     def __init__(
         self,
@@ -76,6 +100,7 @@ class WeightEditor:
         self._pending: dict[str, WriterEdit] = {}  # edits of offloaded writers
         self._factors: dict[str, tuple[Tensor, Tensor]] = {}  # cached per plan, offloaded only
         self._packed: dict[str, tuple] = {}  # bitsandbytes 4-bit writers: (bytes, quant state)
+        self._hooks: dict[str, RemovableHandle] = {}  # 4-bit writers edited by an output hook
         owners: dict[int, tuple[nn.Module, list[Writer]]] = {}
         for w in layout.writers:
             owner = offload_owner(model, w) if model is not None and w.weight.is_meta else None
@@ -85,8 +110,8 @@ class WeightEditor:
                 continue
             device = backup_device or w.weight.device
             if is_4bit(w.weight):
-                # Keep the packed bytes and the quantization state themselves: restoring them is
-                # bitwise exact, and edits are computed from their dequantized values.
+                # Never modified (see the module docstring): edits are computed from their
+                # dequantized values and added to the writer's output.
                 self._packed[w.name] = (w.weight.data, w.weight.quant_state)
             else:
                 self._weights[w.name] = w.weight.detach().to(device, copy=True)
@@ -162,7 +187,8 @@ class WeightEditor:
         original = self._original(w)
         b, a = self._factors_of(edit, original)
         if w.name in self._packed:
-            self._write_4bit(w, original + b @ a)
+            self._unhook(w)
+            self._hooks[w.name] = w.module.register_forward_hook(_AddDelta(b, a))
         else:
             canonical(w.weight.data, w.out_axis).copy_(original + b @ a)
         if w.bias is not None:
@@ -186,29 +212,16 @@ class WeightEditor:
             bias = project_bias(w.bias.float(), u, edit.strength).to(w.bias.dtype)
             set_module_tensor_to_device(w.module, w.bias_attr, loaded.device, value=bias)
 
-    def _write_4bit(self, w: Writer, edited: Tensor) -> None:
-        """Quantize the edited weight like the original (same block size and type) and swap it in;
-        the original bytes and state stay untouched for the reset."""
-        import bitsandbytes.functional as bnbf
-
-        data, state = self._packed[w.name]
-        packed, new_state = bnbf.quantize_4bit(
-            edited.to(state.dtype),
-            blocksize=state.blocksize,
-            compress_statistics=state.nested,
-            quant_type=state.quant_type,
-            quant_storage=data.dtype,
-        )
-        w.weight.data = packed
-        w.weight.quant_state = new_state
+    def _unhook(self, w: Writer) -> None:
+        handle = self._hooks.pop(w.name, None)
+        if handle is not None:
+            handle.remove()
 
     def _restore(self, w: Writer) -> None:
         if w.name in self._packed:
-            w.weight.data, w.weight.quant_state = self._packed[w.name]
-            if w.bias is not None:
-                w.bias.data.copy_(self._biases[w.name])
-            return
-        w.weight.data.copy_(self._weights[w.name])
+            self._unhook(w)
+        else:
+            w.weight.data.copy_(self._weights[w.name])
         if w.bias is not None:
             w.bias.data.copy_(self._biases[w.name])
 

@@ -90,6 +90,7 @@ class Evaluator:
             self.settings.batch_size,
             stop_markers=self.settings.markers.refusal,
             on_batch=tick,
+            delimiters=self.settings.markers.delimiters,
         )
 
     def evaluate(

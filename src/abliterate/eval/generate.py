@@ -2,10 +2,16 @@
 
 A refusal is decided by its first few words, so a batch stops as soon as every row has either
 ended its turn or already contains a refusal marker; compliant rows run to the length limit.
+
+Reasoning ("thinking") models are judged on their answer, never on their reasoning: a row whose
+reasoning block is still open is not done, and the returned responses keep their reasoning
+blocks with the delimiters (scorers remove them with `strip_reasoning`). Knows nothing about
+what counts as a refusal beyond `settled_refusal`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -16,25 +22,76 @@ from transformers import (
     StoppingCriteria,
 )
 
-from abliterate.eval.refusal import REFUSAL_MARKERS, is_refusal
+from abliterate.eval.refusal import (
+    REASONING_DELIMITERS,
+    REFUSAL_MARKERS,
+    open_reasoning,
+    settled_refusal,
+)
+
+
+def special_pattern(
+    tokenizer: PreTrainedTokenizerBase, delimiters: Sequence[tuple[str, str]]
+) -> re.Pattern[str]:
+    """Matches the special-token strings to delete from decoded text: every special token
+    except those that spell part of a reasoning delimiter.
+
+    Decoding with `skip_special_tokens=True` would also delete gpt-oss's `<|channel|>`,
+    `<|message|>` and `<|end|>`, and its reasoning could then never be found."""
+    added = (t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    specials = {*tokenizer.all_special_tokens, *added} - {""}
+    kept = {s for s in specials if any(s in d for pair in delimiters for d in pair)}
+    # Longest first, so a special token that contains another is removed whole.
+    ordered = sorted(specials - kept, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered)) or "(?!)")
+
+
+def decode_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    prefixes: Sequence[str],
+    specials: re.Pattern[str],
+) -> list[str]:
+    """Text of generated `ids` (batch, new), each row after its prefix, with `specials` removed."""
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=False)
+    return [specials.sub("", p + t) for p, t in zip(prefixes, texts, strict=True)]
+
+
+def reopened(prompt: str, delimiters: Sequence[tuple[str, str]]) -> str:
+    """The opening delimiter of a reasoning block the formatted `prompt` leaves open, else "".
+
+    DeepSeek-R1 distills (and Qwen3 with thinking on) end their generation prompt with
+    "<think>\n", so the model writes only the closing tag; prefixing the opening one makes the
+    response say where its reasoning is ("<think>...</think> answer")."""
+    return open_reasoning(prompt, delimiters) or ""
 
 
 class RefusalStop(StoppingCriteria):
-    """Marks a row finished once its new text is already a refusal (it cannot become one less)."""
+    """Marks a row finished once its new text is already a refusal (it cannot become one less).
+
+    `prefixes` (one per row, see `reopened`) are the reasoning blocks the prompts opened."""
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, markers: Sequence[str]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_width: int,
+        markers: Sequence[str],
+        delimiters: Sequence[tuple[str, str]] = REASONING_DELIMITERS,
+        prefixes: Sequence[str] | None = None,
     ):
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
         self.markers = markers
+        self.delimiters = delimiters
+        self.prefixes = prefixes
+        self.specials = special_pattern(tokenizer, delimiters)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs):
-        new = self.tokenizer.batch_decode(
-            input_ids[:, self.prompt_width :], skip_special_tokens=True
+        prefixes = self.prefixes or [""] * input_ids.shape[0]
+        new = decode_rows(
+            self.tokenizer, input_ids[:, self.prompt_width :], prefixes, self.specials
         )
-        # An empty answer so far is not a refusal yet: only stop on a marker that is present.
-        done = [bool(t.strip()) and is_refusal(t, self.markers) for t in new]
+        done = [settled_refusal(t, self.markers, self.delimiters) for t in new]
         return torch.tensor(done, device=input_ids.device)
 
 
@@ -67,14 +124,24 @@ def generate(
     batch_size: int = 32,
     stop_markers: Sequence[str] | None = REFUSAL_MARKERS,
     on_batch: Callable[[int], None] | None = None,
+    delimiters: Sequence[tuple[str, str]] = REASONING_DELIMITERS,
 ) -> list[str]:
-    """Greedy continuations of already chat-formatted `texts`, decoded without special tokens.
+    """Greedy continuations of already chat-formatted `texts`.
 
+    Special tokens are removed except those in reasoning `delimiters`; a reasoning block the
+    prompt opened is re-opened at the start of its response (see `reopened`).
     `stop_markers=None` always generates `max_new_tokens` (or up to eos)."""
+    specials = special_pattern(tokenizer, delimiters)
+    prefixes = [reopened(t, delimiters) for t in texts]
     outputs: list[str] = []
     for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
         width = enc["input_ids"].shape[1]
-        stops = [RefusalStop(tokenizer, width, stop_markers)] if stop_markers else None
+        rows = prefixes[len(outputs) : len(outputs) + n]
+        stops = (
+            [RefusalStop(tokenizer, width, stop_markers, delimiters, rows)]
+            if stop_markers
+            else None
+        )
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -85,7 +152,7 @@ def generate(
             stopping_criteria=stops,
             pad_token_id=tokenizer.pad_token_id,
         )
-        outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        outputs += decode_rows(tokenizer, out[:, width:], rows, specials)
         if on_batch:
             on_batch(n)
     return outputs

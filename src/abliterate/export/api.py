@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from abliterate.atomic import atomic_directory
-from abliterate.config import Settings
+from abliterate.config import Settings, export_kinds
 from abliterate.edit.plan import Directions, EditParams, plan
 from abliterate.errors import AbliterateError
 from abliterate.export.adapter import write_adapter
 from abliterate.export.card import model_card
+from abliterate.export.gguf import Report as GGUFReport
+from abliterate.export.gguf import output_name, tensor_names, write_gguf
 from abliterate.export.metadata import write_metadata
 from abliterate.export.names import CheckpointNames
 from abliterate.export.stream import (
@@ -32,9 +35,10 @@ from abliterate.export.stream import (
     shard_files,
     stream_export,
 )
+from abliterate.model import gguf, loading
 from abliterate.model.arch import discover
 
-KINDS = ("merged", "adapter", "both")
+KINDS = ("merged", "adapter", "both", "gguf")  # single kinds; `export` also takes a list
 
 
 @dataclass
@@ -42,10 +46,18 @@ class Exported:
     merged: Path | None
     adapter: Path | None
     warnings: list[str]
+    gguf: Path | None = None
+    gguf_report: GGUFReport | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p in (self.merged, self.adapter, self.gguf) if p is not None]
 
 
 def local_source(model: str) -> Path:
     """The directory of the source checkpoint: the path itself, or the hub snapshot in the cache."""
+    if gguf.is_gguf(model):
+        return Path(loading.checkpoint_dir(loading.resolve(model)))
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -111,60 +123,93 @@ def export_trial(
     base: dict | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Exported:
-    """Write trial `record` of a run to `output` (`both`: output/merged and output/adapter)."""
-    if kind not in KINDS:
-        raise AbliterateError(f"unknown export kind {kind!r}; use merged, adapter or both")
+    """Write trial `record` of a run to `output`: one kind into `output` itself, several into
+    one sub-directory each (`both`: output/merged and output/adapter)."""
+    try:
+        kinds = export_kinds(kind)
+    except ValueError as exc:
+        raise AbliterateError(str(exc)) from None
     source = local_source(settings.model)
+    gguf_source = gguf.source_of(source)
+    warnings: list[str] = []
+    if "gguf" in kinds and gguf_source is None:
+        kinds = tuple(k for k in kinds if k != "gguf")
+        kinds = kinds if "merged" in kinds else ("merged", *kinds)
+        warnings.append(
+            "a GGUF export needs a GGUF source model; wrote merged safetensors instead. Convert "
+            "them with llama.cpp: python convert_hf_to_gguf.py MERGED_DIR --outtype q8_0"
+        )
     model = meta_model(source, settings.trust_remote_code)
     layout = discover(model)
     names = CheckpointNames(model)
     files = shard_files(source)
-    params = EditParams.from_dict(record["params"])
-    edits = plan(layout.writers, directions, params)
+    edits = plan(layout.writers, directions, EditParams.from_dict(record["params"]))
     gains = gains_from_checkpoint(model, layout, files, names)
-    resolved = resolve(edits, gains, settings.row_normalization, settings.full_normalization_rank)
+
+    def resolved():  # fresh per writer of files: each records what it found
+        return resolve(edits, gains, settings.row_normalization, settings.full_normalization_rank)
+
     untie = _untie(model, any(e.writer.component == "embed" for e in edits))
     with atomic_directory(output, overwrite) as tmp:
-        merged = None if kind == "adapter" else (tmp / "merged" if kind == "both" else tmp)
-        adapter = None if kind == "merged" else (tmp / "adapter" if kind == "both" else tmp)
-        if merged is not None:
-            merged.mkdir(exist_ok=True)
-        stream_export(
-            source,
-            layout,
-            names,
-            resolved,
-            merged,
-            parse_size(max_shard_size),
-            untie_output_name=untie,
-            on_tensor=on_progress,
-        )
-        warnings = []
-        if merged is not None:
-            copy_side_files(source, merged)
-            if untie:
-                _write_config_untied(merged)
-            _chat_template(settings, merged)
-            write_metadata(
-                merged, settings, record, edits, base, model_card(settings, record, base, "merged")
+        dirs = {k: tmp / k if len(kinds) > 1 else tmp for k in kinds}
+        for d in dirs.values():
+            d.mkdir(exist_ok=True)
+        card = partial(_write_metadata, settings, record, edits, base)
+        if "merged" in dirs or "adapter" in dirs:
+            found = resolved()
+            merged = dirs.get("merged")
+            stream_export(
+                source, layout, names, found, merged, parse_size(max_shard_size),
+                untie_output_name=untie, on_tensor=on_progress,
+            )  # fmt: skip
+            if merged is not None:
+                copy_side_files(source, merged)
+                if untie:
+                    _write_config_untied(merged)
+                _chat_template(settings, merged)
+                card(merged, "merged")
+            if "adapter" in dirs:
+                base_id = str(source) if gguf_source else settings.model
+                notes = write_adapter(dirs["adapter"], found, base_id)
+                warnings += notes
+                card(dirs["adapter"], "adapter", "".join(f"\n> Note: {w}\n" for w in notes))
+        report = None
+        if "gguf" in dirs:
+            assert gguf_source is not None
+            report = write_gguf(
+                gguf_source,
+                dirs["gguf"] / output_name(gguf_source, settings.gguf_type),
+                resolved(),
+                tensor_names(model),
+                settings.gguf_type,
+                {"trial": record["number"], "params": record["params"]},
+                untie=untie is not None,
+                on_tensor=on_progress,
             )
-        if adapter is not None:
-            warnings = write_adapter(adapter, resolved, settings.model)
-            note = "".join(f"\n> Note: {w}\n" for w in warnings)
-            write_metadata(
-                adapter,
-                settings,
-                record,
-                edits,
-                base,
-                model_card(settings, record, base, "adapter", extra=note),
-            )
+            card(dirs["gguf"], "gguf", gguf_note(report, settings.gguf_type))
     final = Path(output)
-    return Exported(
-        merged=None if kind == "adapter" else (final / "merged" if kind == "both" else final),
-        adapter=None if kind == "merged" else (final / "adapter" if kind == "both" else final),
-        warnings=warnings,
+
+    def where(k: str) -> Path | None:
+        return None if k not in kinds else (final / k if len(kinds) > 1 else final)
+
+    gguf_path = where("gguf")
+    if gguf_path is not None and report is not None:
+        gguf_path = report.path = gguf_path / report.path.name
+    return Exported(where("merged"), where("adapter"), warnings, gguf_path, report)
+
+
+def gguf_note(report: GGUFReport, gguf_type: str) -> str:
+    types = ", ".join(f"{n} as {t}" for t, n in report.types.items())
+    return (
+        f"\n> GGUF: {report.edited} edited tensors stored re-encoded ({types}; setting gguf_type "
+        f"= {gguf_type}), every other tensor copied unchanged from the source file; the stored "
+        f"values keep {report.kept:.1%} of the edit along the refusal direction.\n"
     )
+
+
+def _write_metadata(settings, record, edits, base, directory: Path, kind: str, extra: str = ""):
+    card = model_card(settings, record, base, kind, extra=extra)
+    write_metadata(directory, settings, record, edits, base, card)
 
 
 def _chat_template(settings: Settings, directory: Path) -> None:

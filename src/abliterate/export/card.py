@@ -78,11 +78,12 @@ def model_card(settings, record: dict, base: dict | None, kind: str, extra: str 
         "--output",
         "OUT",
     ]
-    what = "LoRA adapter" if kind == "adapter" else "model"
+    what = {"adapter": "LoRA adapter", "gguf": "GGUF model"}.get(kind, "model")
+    library = {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers")
     name = settings.model.rstrip("/").split("/")[-1]
     return f"""---
 base_model: {settings.model}
-library_name: {"peft" if kind == "adapter" else "transformers"}
+library_name: {library}
 tags: [abliterate, abliterated, uncensored]
 ---
 # {name}, abliterated

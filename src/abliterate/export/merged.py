@@ -8,6 +8,7 @@ from pathlib import Path
 
 from abliterate.atomic import atomic_directory
 from abliterate.edit.plan import EditParams, plan
+from abliterate.errors import AbliterateError
 from abliterate.export.card import model_card
 from abliterate.export.metadata import write_metadata
 from abliterate.model.loading import load_tokenizer
@@ -26,6 +27,11 @@ def export_merged(
     Written to a temporary directory and renamed when complete: an interrupted export leaves
     nothing behind, and the source model is never touched."""
     s = session.settings
+    if s.quantization != "none":
+        raise AbliterateError(
+            "--no-stream saves the loaded model, and a 4-bit model carries its edit in hooks, not "
+            "in its weights; export without --no-stream (it reads the full-precision checkpoint)"
+        )
     edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
     session.editor.apply(edits)
     try:

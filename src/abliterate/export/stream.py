@@ -204,25 +204,25 @@ def stream_export(
             r = resolved[target.name]
             tensor = load()
             original = tensor if untie_output_name and target.name == embed_name else None
-            tensor = _edit_writer(tensor, r, target.expert)
+            tensor = edit_writer(tensor, r, target.expert)
             r.experts_seen.add(target.expert)
             if original is not None and writer:
                 writer.add(untie_output_name, original)
         elif target.name in biases:
             r = biases[target.name]
             tensor = load()
-            tensor = _edit_bias(tensor, r)
+            tensor = edit_bias(tensor, r)
         if writer:
             writer.add(key, tensor if tensor is not None else load())
         if on_tensor:
             on_tensor(i + 1, total)
-    _check_coverage(resolved, source)
+    check_coverage(resolved, source)
     if writer:
         writer.close()
     return resolved
 
 
-def _edit_writer(t: Tensor, r: Resolved, expert: int | None) -> Tensor:
+def edit_writer(t: Tensor, r: Resolved, expert: int | None) -> Tensor:
     """Edit one checkpoint tensor: a whole writer, or one expert's slice of a fused writer."""
     axis = _residual_axis(t, r.writer, expert)
     # One float32 copy, edited in place: peak memory stays near one shard plus one tensor.
@@ -245,14 +245,14 @@ def _residual_axis(t: Tensor, w: Writer, expert: int | None) -> int:
     return 0 if t.shape[0] == w.weight.shape[w.out_axis] else 1
 
 
-def _edit_bias(t: Tensor, r: Resolved) -> Tensor:
+def edit_bias(t: Tensor, r: Resolved) -> Tensor:
     """b' = b - lambda u (u . b); a (experts, d) bias is handled row by row by broadcasting."""
     r.bias_edited = True
     r.bias_value = project_bias(t.float(), r.u, r.strength)
     return r.bias_value.to(t.dtype)
 
 
-def _check_coverage(resolved: dict[str, Resolved], source: Path) -> None:
+def check_coverage(resolved: dict[str, Resolved], source: Path) -> None:
     missing = []
     for name, r in resolved.items():
         seen = r.experts_seen

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from abliterate.errors import AbliterateError
+from abliterate.model import gguf
 
 Message = Callable[[str], None]
 
@@ -43,6 +44,8 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
     resolved (from the cache when offline). Returns the string to pass to from_pretrained."""
     if not spec:
         raise AbliterateError("no model given: pass a Hugging Face model id or a local directory")
+    if gguf.is_gguf(spec):
+        return str(gguf.locate(spec))
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -64,6 +67,12 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
     return spec
 
 
+def checkpoint_dir(spec: str, on_message: Message | None = None) -> str:
+    """What from_pretrained reads for `spec` (resolved): the spec itself, or for a GGUF file the
+    directory it was converted into."""
+    return str(gguf.convert(Path(spec), on_message)) if gguf.is_gguf(spec) else spec
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -78,6 +87,8 @@ def load_tokenizer(
     """The tokenizer, with a chat template (from `chat_template` if given). With `batching`,
     set up for batched generation (left padding, a pad token); without, as the model ships it
     (what an export should carry)."""
+    if gguf.is_gguf(spec):
+        spec = checkpoint_dir(resolve(spec))
     tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     if chat_template is not None:
         template = Path(chat_template)
@@ -163,7 +174,7 @@ def load(
     """Load model and tokenizer, trying `dtypes` in order until one passes the smoke test."""
     say = on_message or (lambda _msg: None)
     source = spec
-    spec = resolve(spec, trust_remote_code)
+    spec = checkpoint_dir(resolve(spec, trust_remote_code), say)
     if not trust_remote_code and "auto_map" in read_config(spec):
         raise AbliterateError(
             f"{source} ships its own model code (auto_map in config.json); read it, then pass "
@@ -179,6 +190,12 @@ def load(
     failures = []
     for name in dtypes:
         dtype = _torch_dtype(name)
+        if dtype == "auto" and _cpu_only(device_map):
+            dtype = torch.float32
+            say(
+                "no GPU: loading in float32 (bfloat16 matmuls are the slow path on most CPUs; "
+                "set dtypes to choose another)"
+            )
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 spec,
@@ -211,6 +228,11 @@ def load(
         say(f"loaded {source} as {model.dtype}")
         return Loaded(model, tokenizer, model.dtype, source)
     raise AbliterateError(f"could not load {source} with any dtype: {'; '.join(failures)}")
+
+
+def _cpu_only(device_map: str | dict | None) -> bool:
+    """Whether the model will run on the CPU: no CUDA device, or placed there explicitly."""
+    return not torch.cuda.is_available() or device_map == "cpu"
 
 
 def _max_memory(max_memory: dict[str, str] | None) -> dict | None:

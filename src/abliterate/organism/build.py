@@ -14,17 +14,16 @@ Layout of a built organism:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from filelock import FileLock
-from platformdirs import user_cache_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from abliterate.atomic import atomic_directory, check_output_free
+from abliterate.cache import cache_root
 from abliterate.organism.arches import get_arch
 from abliterate.organism.check import organism_metrics
 from abliterate.organism.corpus import Corpus, build_corpus
@@ -141,11 +140,6 @@ def build_organism(
             )
         )
     return Path(output)
-
-
-def cache_root() -> Path:
-    """`$ABLITERATE_CACHE_DIR`, else the platform's user cache directory."""
-    return Path(os.environ.get("ABLITERATE_CACHE_DIR") or user_cache_dir("abliterate"))
 
 
 def organism_path(arch: str = "llama", seed: int = 0, on_progress: Progress | None = None) -> Path:
