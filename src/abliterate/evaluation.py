@@ -25,7 +25,7 @@ def evaluate_against_base(
     loading `model`."""
     settings = pipeline.resolve_prompt_defaults(settings.model_copy(update={"model": base}))
     settings = pipeline.resolve_prompt_defaults(settings, root=model)
-    prompts = pipeline.load_prompts(settings)
+    prompts = pipeline.load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
     events = pipeline.Events(message=message)
 

