@@ -46,7 +46,6 @@ class Report:
     edited: int = 0
     kept: float = 1.0  # share of the edit along the direction that the stored values keep
     types: dict[str, int] = field(default_factory=dict)  # stored type -> edited tensors
-    notes: list[str] = field(default_factory=list)
 
 
 def tensor_names(model) -> dict[str, str]:
@@ -58,12 +57,9 @@ def tensor_names(model) -> dict[str, str]:
 
 
 def output_name(source: Path, gguf_type: str) -> str:
-    stem = source.stem
-    return (
-        f"{stem}-abliterated-{gguf_type.lower()}.gguf"
-        if gguf_type != "source"
-        else (f"{stem}-abliterated.gguf")
-    )
+    """`<source stem>-abliterated-q8_0.gguf` (no type suffix when each tensor keeps its own)."""
+    suffix = "" if gguf_type == "source" else f"-{gguf_type.lower()}"
+    return f"{source.stem}-abliterated{suffix}.gguf"
 
 
 def _quantizable(qtype: GGMLQuantizationType) -> bool:
