@@ -57,7 +57,7 @@ class Exported:
 def local_source(model: str) -> Path:
     """The directory of the source checkpoint: the path itself, or the hub snapshot in the cache."""
     if gguf.is_gguf(model):
-        return Path(loading.checkpoint_dir(loading.resolve(model)))
+        return Path(loading.checkpoint_dir(model))
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -146,7 +146,7 @@ def export_trial(
     edits = plan(layout.writers, directions, EditParams.from_dict(record["params"]))
     gains = gains_from_checkpoint(model, layout, files, names)
 
-    def resolved():  # fresh per writer of files: each records what it found
+    def resolved():  # a fresh set per pass over source files: each pass records what it found
         return resolve(edits, gains, settings.row_normalization, settings.full_normalization_rank)
 
     untie = _untie(model, any(e.writer.component == "embed" for e in edits))

@@ -68,9 +68,9 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
 
 
 def checkpoint_dir(spec: str, on_message: Message | None = None) -> str:
-    """What from_pretrained reads for `spec` (resolved): the spec itself, or for a GGUF file the
-    directory it was converted into."""
-    return str(gguf.convert(Path(spec), on_message)) if gguf.is_gguf(spec) else spec
+    """What from_pretrained reads for `spec`: the spec itself, or for a GGUF file the directory
+    it was converted into (found and converted on first use)."""
+    return str(gguf.convert(gguf.locate(spec), on_message)) if gguf.is_gguf(spec) else spec
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,8 +87,7 @@ def load_tokenizer(
     """The tokenizer, with a chat template (from `chat_template` if given). With `batching`,
     set up for batched generation (left padding, a pad token); without, as the model ships it
     (what an export should carry)."""
-    if gguf.is_gguf(spec):
-        spec = checkpoint_dir(resolve(spec))
+    spec = checkpoint_dir(spec)
     tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     if chat_template is not None:
         template = Path(chat_template)
