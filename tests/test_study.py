@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 
 from abliterate.search import study as st
-from abliterate.search.space import SpaceConfig, suggest
+from abliterate.search.space import SpaceConfig, suggest, warm_starts
 
 SPACE = SpaceConfig(n_layers=8, components=("attn_out", "mlp_down"))
 
@@ -112,3 +112,37 @@ def test_same_seed_same_history_same_parameters(tmp_path, n):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+def test_warm_starts_are_the_first_trials_and_edit_every_layer_with_strength_one(tmp_path):
+    from abliterate.edit.plan import strength_table
+
+    study, lock = _study(tmp_path)
+    starts = warm_starts(SPACE, (0.5, 0.8))
+    assert st.enqueue_once(study, starts, 10, lock) == 2
+    assert st.enqueue_once(study, starts, 10, lock) == 0  # a second worker queues nothing
+    got = []
+    for _ in range(3):
+        trial = st.claim(study, 10, 0, 2, lock)
+        got.append(_finish(study, trial))
+    for params, fraction in zip(got[:2], (0.5, 0.8), strict=True):
+        assert params.scope == "global"
+        assert params.direction_index == pytest.approx(fraction * 7)
+        table = strength_table(8, params)
+        assert table == {c: [1.0] * 8 for c in ("attn_out", "mlp_down")}
+    assert strength_table(8, got[2]) != {c: [1.0] * 8 for c in ("attn_out", "mlp_down")}
+
+
+def test_warm_starts_respect_a_narrowed_space_and_a_small_budget(tmp_path):
+    narrow = SpaceConfig(
+        n_layers=8,
+        components=("mlp_down",),
+        direction_scope="per_layer",
+        max_weight_range=(1.2, 2.0),
+    )
+    starts = warm_starts(narrow, (0.3, 0.6))
+    assert len(starts) == 1  # per-layer directions: the depth fraction does not matter
+    assert starts[0]["mlp_down.max_weight"] == 1.2 and "attn_out.peak" not in starts[0]
+    study, lock = _study(tmp_path)
+    assert st.enqueue_once(study, warm_starts(SPACE, (0.2, 0.5, 0.8)), 2, lock) == 2
+    assert st.counts(study)["waiting"] == 2

@@ -159,6 +159,17 @@ def recover_stale(study: optuna.Study, grace: float = GRACE_SECONDS) -> list[int
     return recovered
 
 
+def enqueue_once(study: optuna.Study, starts: list[dict], n_trials: int, lock) -> int:
+    """Queue the warm-start trials of a new study, once across all of its workers."""
+    with lock():
+        if study.get_trials(deepcopy=False) or get_shared(study, "warm_started"):
+            return 0
+        for params in starts[:n_trials]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
+        set_shared(study, "warm_started", True)
+        return min(len(starts), n_trials)
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     out = {"complete": 0, "running": 0, "failed": 0, "waiting": 0}
     for t in study.get_trials(deepcopy=False):
