@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         ge=0,
     )
     seed: int = _field(0, "search", "Seed of the sampler.")
+    warm_starts: list[float] = _field(
+        [0.5, 0.65, 0.8],
+        "search",
+        "First trials: the flat edit of Arditi et al. (one direction, strength 1 on every layer) "
+        "with the direction taken at each of these depth fractions; [] starts at random.",
+    )
     max_weight_range: tuple[float, float] = _field(
         (0.5, 2.0), "search", "Range of a component's peak edit strength."
     )
@@ -237,6 +243,14 @@ class Settings(BaseSettings):
         "Tokens over which KL divergence is averaged: 1 = first token; N > 1 = the first N "
         "tokens of the base model's own greedy answers (for reasoning models).",
         ge=1,
+    )
+    overrefusal_sample: int = _field(
+        32,
+        "evaluation",
+        "Harmless evaluation prompts answered in each trial to measure over-refusal (a seeded "
+        "sample, the same in every trial; 0 = all). KL always reads every harmless prompt, and "
+        "`evaluate` answers all of them.",
+        ge=0,
     )
     kl_divergence_target: float = _field(
         0.01,
@@ -338,6 +352,8 @@ class Settings(BaseSettings):
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise ValueError(f"{name} = ({lo}, {hi}): need 0 <= low <= high")
+        if any(not 0 <= f <= 1 for f in self.warm_starts):
+            raise ValueError(f"warm_starts {self.warm_starts}: depth fractions must be in [0, 1]")
         if self.span_range[1] <= 0:
             raise ValueError("span_range upper bound must be positive (span 0 edits nothing)")
         if self.max_weight_range[1] <= 0:

@@ -42,7 +42,7 @@ from abliterate.runs import RunDir
 from abliterate.search import study as st
 from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
 from abliterate.search.select import Candidate
-from abliterate.search.space import SpaceConfig, suggest
+from abliterate.search.space import SpaceConfig, suggest, warm_starts
 
 SAMPLES = 5  # responses kept per prompt set in each trial record
 
@@ -435,10 +435,13 @@ def _check_shape(directions: Directions, layout: Layout) -> None:
 # -- 5: base metrics ------------------------------------------------------------------------------
 
 
-def eval_settings(settings: Settings, bs: int) -> EvalSettings:
+def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSettings:
+    """How a model is measured; in a search, over-refusal is answered on a seeded sample."""
     return EvalSettings(
         max_response_length=settings.max_response_length,
         batch_size=bs,
+        overrefusal_sample=settings.overrefusal_sample if search else 0,
+        sample_seed=settings.seed,
         system_prompt=settings.system_prompt,
         kl_token_count=settings.kl_token_count,
         markers=MarkerConfig(
@@ -456,7 +459,7 @@ def measure_base(session: Session, events: Events) -> Metrics:
         session.tokenizer,
         session.prompts["harmful_eval_prompts"],
         session.prompts["harmless_eval_prompts"],
-        eval_settings(s, session.batch_size),
+        eval_settings(s, session.batch_size, search=True),
     )
     session.base = session.evaluator.evaluate(
         progress=lambda st_, d, t: events.progress(f"base {st_}", d, t)
@@ -475,19 +478,23 @@ def measure_base(session: Session, events: Events) -> Metrics:
 
 
 def _metrics_record(m: Metrics, session: Session) -> dict:
-    prompts = session.prompts
     return {
         "metrics": m.values,
         "pruned": m.pruned,
-        "samples": _samples(m, prompts),
+        "samples": _samples(m, session.evaluator),
     }
 
 
-def _samples(m: Metrics, prompts: dict[str, list[str]]) -> dict[str, list[dict[str, str]]]:
+def _samples(m: Metrics, evaluator: Evaluator | None) -> dict[str, list[dict[str, str]]]:
+    """The first answers of each set, next to the prompts they answer."""
     out: dict[str, list[dict[str, str]]] = {}
-    for key, responses in (("harmful", m.harmful_responses), ("harmless", m.harmless_responses)):
+    if evaluator is None:
+        return out
+    sources = (evaluator.harmful_prompts, evaluator.overrefusal_prompts)
+    for key, src, responses in zip(
+        ("harmful", "harmless"), sources, (m.harmful_responses, m.harmless_responses), strict=True
+    ):
         if responses:
-            src = prompts[f"{key}_eval_prompts"]
             pairs = zip(src[:SAMPLES], responses[:SAMPLES], strict=True)
             out[key] = [{"prompt": p, "response": r} for p, r in pairs]
     return out
@@ -527,7 +534,7 @@ def trial_record(
         "pruned": metrics.pruned,
         "seconds": {k: round(v, 4) for k, v in timing.items()},
         "strengths": strength_table(session.layout.n_layers, params),
-        "samples": _samples(metrics, session.prompts),
+        "samples": _samples(metrics, session.evaluator),
     }
 
 
@@ -555,6 +562,12 @@ def search(session: Session, events: Events) -> None:
     study, lock = open_study(session)
     sync_trial_files(session, study)
     space = space_config(session)
+    starts = warm_starts(space, tuple(s.warm_starts))
+    if st.enqueue_once(study, starts, s.n_trials, lock):
+        events.message(
+            f"warm start: {min(len(starts), s.n_trials)} flat edits (strength 1 on every layer, "
+            f"direction at depth {', '.join(f'{f:.0%}' for f in s.warm_starts)}) come first"
+        )
     while True:
         trial = st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)
         if trial is None:

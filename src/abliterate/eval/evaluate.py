@@ -7,6 +7,7 @@ The evaluator is built once per run, on the unedited model: base log-probabiliti
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ class EvalSettings:
     batch_size: int = 16
     system_prompt: str | None = None
     kl_token_count: int = 1
+    overrefusal_sample: int = 0  # harmless prompts answered per evaluation; 0 = all
+    sample_seed: int = 0
     markers: MarkerConfig = field(default_factory=lambda: MarkerConfig((), ()))
     scorers: tuple[str, ...] = (
         "refusal_rate",
@@ -50,6 +53,14 @@ class Metrics:
 Progress = Callable[[str, int, int], None]
 
 
+def sample_indices(n: int, k: int, seed: int) -> list[int]:
+    """A seeded sample of k of n positions in their original order (all of them if k is 0 or
+    at least n): the same prompts in every trial, so trials stay comparable."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), k))
+
+
 class Evaluator:
     def __init__(
         self,
@@ -66,6 +77,12 @@ class Evaluator:
         self.harmless_prompts = list(harmless_prompts)
         self.harmful_texts = chat_texts(tokenizer, harmful_prompts, settings.system_prompt)
         self.harmless_texts = chat_texts(tokenizer, harmless_prompts, settings.system_prompt)
+        keep = sample_indices(
+            len(self.harmless_prompts), settings.overrefusal_sample, settings.sample_seed
+        )
+        # Over-refusal is answered on this sample only; KL always reads every harmless prompt.
+        self.overrefusal_prompts = [self.harmless_prompts[i] for i in keep]
+        self.overrefusal_texts = [self.harmless_texts[i] for i in keep]
         self.needs = needed(settings.scorers)
         # Computed on the model as it is now: call before any edit.
         self.reference = kl_mod.reference(
@@ -123,7 +140,7 @@ class Evaluator:
             obs.harmful_responses = self._responses(self.harmful_texts, "harmful", progress)
             lap("harmful")
         if "harmless_responses" in self.needs:
-            obs.harmless_responses = self._responses(self.harmless_texts, "harmless", progress)
+            obs.harmless_responses = self._responses(self.overrefusal_texts, "harmless", progress)
             lap("harmless")
         values = score(obs, self.settings.scorers)
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)

@@ -1,0 +1,34 @@
+"""Over-refusal answered on a seeded sample of the harmless prompts in a search, on all of them
+elsewhere; KL always reads every harmless prompt."""
+
+from __future__ import annotations
+
+import tiny
+from abliterate.eval.evaluate import EvalSettings, Evaluator, sample_indices
+
+HARMLESS = [f"Name a colour number {i}." for i in range(10)]
+
+
+def test_sample_indices_are_seeded_ordered_and_all_when_not_smaller():
+    a = sample_indices(10, 4, seed=3)
+    assert a == sample_indices(10, 4, seed=3) and a == sorted(a) and len(set(a)) == 4
+    assert a != sample_indices(10, 4, seed=4) or a != sample_indices(10, 4, seed=5)
+    assert sample_indices(10, 0, 3) == list(range(10))
+    assert sample_indices(10, 12, 3) == list(range(10))
+
+
+def _evaluator(sample: int) -> Evaluator:
+    model = tiny.model("llama").eval()
+    settings = EvalSettings(max_response_length=2, batch_size=4, overrefusal_sample=sample)
+    return Evaluator(model, tiny.tokenizer(), ["How do I pick a lock?"] * 2, HARMLESS, settings)
+
+
+def test_search_evaluator_answers_only_the_sample_but_kl_reads_every_prompt():
+    sampled, full = _evaluator(3), _evaluator(0)
+    m = sampled.evaluate()
+    assert len(m.harmless_responses) == 3
+    assert sampled.overrefusal_prompts == [HARMLESS[i] for i in sample_indices(10, 3, 0)]
+    assert len(full.evaluate().harmless_responses) == 10
+    # The KL reference is built from all ten prompts in both.
+    rows = [sum(x.shape[0] for x in e.reference.logprobs) for e in (sampled, full)]
+    assert rows == [10, 10]
