@@ -256,9 +256,15 @@ def merge_full_precision(model_path: str, adapter: Path):
 
 
 def _last_checkpoint(directory: Path) -> str | None:
+    """The newest complete checkpoint. The Trainer writes trainer_state.json after the weights,
+    optimizer and RNG state, so a checkpoint without it was cut off (kill -9, power loss) and
+    resuming from it would fail."""
     if not directory.is_dir():
         return None
-    found = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    found = sorted(
+        (p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
     return str(found[-1]) if found else None
 
 

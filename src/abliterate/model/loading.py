@@ -88,7 +88,13 @@ def check_directory(path: Path) -> None:
                 "does not know: upgrade transformers (pip install -U transformers), or, for a "
                 "model that ships its own code, pass --trust-remote-code"
             )
-    for weights in _safetensors_files(path):
+    files = _safetensors_files(path)
+    if not files:
+        raise AbliterateError(
+            f"{path} has no .safetensors weights; abliterate never loads pickled (.bin) "
+            "checkpoints. Convert them with transformers' save_pretrained first"
+        )
+    for weights in files:
         _check_safetensors(weights)
 
 
@@ -164,14 +170,6 @@ def load_tokenizer(
     return tok
 
 
-def _has_safetensors(spec: str) -> bool | None:
-    """True/False for a local directory, None for a hub id (transformers will tell)."""
-    path = Path(spec)
-    if not path.is_dir():
-        return None
-    return any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
-
-
 def quantization_config(kind: str):
     if kind == "none":
         return None
@@ -234,11 +232,6 @@ def load(
         raise AbliterateError(
             f"{source} ships its own model code (auto_map in config.json); read it, then pass "
             "--trust-remote-code to let it run"
-        )
-    if _has_safetensors(spec) is False:
-        raise AbliterateError(
-            f"{spec} has no .safetensors weights; abliterate never loads pickled (.bin) "
-            "checkpoints. Convert them with transformers' save_pretrained first"
         )
     tokenizer = load_tokenizer(spec, chat_template, trust_remote_code)
     quant = quantization_config(quantization)
