@@ -21,8 +21,9 @@ from pathlib import Path
 
 from abliterate.errors import AbliterateError
 
-# Errors of the filesystem the user can fix (free space, permissions), reported as one line.
-_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# Write failures the user can fix (free space, a read-only filesystem), reported as one line.
+# Not EACCES: a permission error may come from reading a source file, not from the output.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def check_output_free(output: Path, overwrite: bool) -> None:
