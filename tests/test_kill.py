@@ -91,6 +91,8 @@ def test_kill_during_export_leaves_nothing_and_the_next_export_succeeds(tmp_path
 def test_kill_during_heal_resumes_from_the_last_complete_checkpoint(tmp_path):
     pytest.importorskip("trl")
     model = tiny.save("llama", tmp_path / "model")
+    # An export made by an older abliterate, whose settings kept the storage password.
+    (model / "abliterate.toml").write_text('storage = "postgresql://u:SECRET@h/db"\nseed = 3\n')
     prefs = tmp_path / "prefs.jsonl"
     rows = [
         {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "I can't help."}
@@ -120,3 +122,4 @@ def test_kill_during_heal_resumes_from_the_last_complete_checkpoint(tmp_path):
     record = json.loads((healed / "heal.json").read_text())
     assert len(record["losses"]) == 40  # the resumed run continued the same 40 steps
     assert not checkpoints.exists()
+    assert "SECRET" not in (healed / "abliterate.toml").read_text()

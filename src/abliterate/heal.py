@@ -279,9 +279,16 @@ def _original_base(model_path: str) -> str | None:
 
 
 def _copy_metadata(source: Path, target: Path) -> None:
-    for name in ("abliterate.toml", "trial.json", "README.md"):
+    from abliterate.export.metadata import public_dict
+    from abliterate.runs import to_toml, tomllib
+
+    for name in ("trial.json", "README.md"):
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
+    settings = source / "abliterate.toml"
+    if settings.is_file():  # cleaned again: an export made by an older abliterate kept secrets
+        data = public_dict(tomllib.loads(settings.read_text(encoding="utf-8")))
+        (target / "abliterate.toml").write_text(to_toml(data), encoding="utf-8")
 
 
 def _update_card(directory: Path, record: dict) -> None:

@@ -31,6 +31,11 @@ PRIVATE_KEYS = frozenset(
 
 def public_settings(settings) -> dict:
     """The settings an export publishes: without PRIVATE_KEYS, any URL's password masked."""
+    return public_dict(settings_dict(settings))
+
+
+def public_dict(data: dict) -> dict:
+    """`public_settings` of settings already read as a dict (e.g. an older export's TOML)."""
 
     def clean(value):
         if isinstance(value, str):
@@ -41,7 +46,7 @@ def public_settings(settings) -> dict:
             return [clean(v) for v in value]
         return value
 
-    return {k: clean(v) for k, v in settings_dict(settings).items() if k not in PRIVATE_KEYS}
+    return {k: clean(v) for k, v in data.items() if k not in PRIVATE_KEYS}
 
 
 def write_metadata(
