@@ -28,8 +28,6 @@ from abliterate.eval.refusal import is_refusal
 from abliterate.interventions import ablation, addition, gains
 from abliterate.model.arch import Layout
 
-STREAMS = ("pre", "mid", "post")
-
 
 @dataclass
 class Candidate:

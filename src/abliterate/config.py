@@ -364,6 +364,13 @@ class Settings(BaseSettings):
             raise ValueError("dtypes is empty")
         return self
 
+    def check_files(self) -> None:
+        """The files these settings name exist: checked before a model loads, not after."""
+        for name in ("chat_template", "capability_prompts", "direction_file"):
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_file():
+                raise AbliterateError(f"{name} = {value}: no such file")
+
     @property
     def startup_trials(self) -> int:
         if self.n_startup_trials is not None:
@@ -388,6 +395,8 @@ class Settings(BaseSettings):
 
 
 EXPORT_KINDS = ("merged", "adapter", "gguf")
+EXPORT_CHOICES = ("merged", "adapter", "both", "gguf")  # single kinds; `export` takes a list
+STREAMS = ("pre", "mid", "post")  # where residuals are read (see residual_stream)
 
 
 def export_kinds(spec: str) -> tuple[str, ...]:
@@ -404,6 +413,23 @@ def export_kinds(spec: str) -> tuple[str, ...]:
             if kind not in kinds:
                 kinds.append(kind)
     return tuple(kinds)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URL in it masked: `postgresql://user:***@host/db`."""
+    from urllib.parse import urlsplit
+
+    def mask(m: re.Match) -> str:
+        try:
+            parts = urlsplit(m.group(0))
+        except ValueError:
+            return m.group(0)
+        if parts.password is None:
+            return m.group(0)
+        host = parts.netloc.rsplit("@", 1)[1]
+        return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+    return re.sub(r"[A-Za-z][\w+.-]*://\S+", mask, text)
 
 
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
@@ -423,13 +449,32 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
         _TOML_FILE.reset(token)
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
     problems = []
     for e in exc.errors():
         where = ".".join(str(p) for p in e["loc"]) or "settings"
+        if e["type"] == "extra_forbidden":
+            problems.append(_unknown_key(e["loc"], model or Settings))
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         problems.append(f"{where}: {msg}" if e["loc"] else msg)
     return "invalid settings: " + "; ".join(problems)
+
+
+def _unknown_key(loc: tuple, model: type[BaseModel]) -> str:
+    """`unknown setting n_trails (did you mean n_trials?)`, for a typo in a TOML file, an
+    environment variable or a table such as [harmful_prompts]."""
+    import difflib
+
+    fields: dict[str, Any] = dict(model.model_fields)
+    for part in loc[:-1]:  # descend into a nested table
+        annotation = fields.get(str(part)).annotation if str(part) in fields else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = dict(annotation.model_fields)
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown setting {'.'.join(str(p) for p in loc)}{hint}"
 
 
 def field_group(name: str) -> str:

@@ -10,6 +10,7 @@ from abliterate.config import Settings
 from abliterate.errors import AbliterateError
 from abliterate.eval.capability import capability, read_probes
 from abliterate.eval.evaluate import Evaluator
+from abliterate.model import loading
 
 
 def evaluate_against_base(
@@ -25,6 +26,10 @@ def evaluate_against_base(
     loading `model`."""
     settings = pipeline.resolve_prompt_defaults(settings.model_copy(update={"model": base}))
     settings = pipeline.resolve_prompt_defaults(settings, root=model)
+    # Everything that can be wrong with the input, before either model loads.
+    for spec in (base, model):
+        loading.resolve(spec, settings.trust_remote_code)
+    settings.check_files()
     prompts = pipeline.load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
     events = pipeline.Events(message=message)

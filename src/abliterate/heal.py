@@ -15,14 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from abliterate.atomic import atomic_directory, check_output_free
+from abliterate.atomic import atomic_directory
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
-from abliterate.evaluation import evaluate_against_base
+from abliterate.guard import check_output, source_paths
 
 
 class HealSettings(BaseSettings):
@@ -133,12 +132,17 @@ def heal(
 ) -> dict:
     """DPO-heal `model_path` into `output`; returns losses and metrics before and after."""
     _require_trl()
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    check_output_free(output, overwrite)
+    from abliterate.evaluation import evaluate_against_base
+    from abliterate.model.loading import resolve
+
+    resolve(model_path)
+    check_output(output, overwrite, source_paths(model_path))
     if cfg.load_in_4bit and not torch.cuda.is_available():
         raise AbliterateError("--load-in-4bit needs a CUDA GPU (bitsandbytes); none is available")
     pairs = load_preferences(cfg.dataset, cfg.max_samples)
@@ -162,6 +166,7 @@ def heal(
         dtype=torch.bfloat16 if cuda else torch.float32,
         quantization_config=quant,
         device_map="auto" if cuda else None,
+        use_safetensors=True,  # never unpickle a checkpoint (it can run code)
     )
     checkpoints = output.parent / f".{output.name}.checkpoints"
     args = DPOConfig(
@@ -241,18 +246,25 @@ def heal(
 
 
 def merge_full_precision(model_path: str, adapter: Path):
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    full = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    full = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
     return PeftModel.from_pretrained(full, str(adapter)).merge_and_unload()
 
 
 def _last_checkpoint(directory: Path) -> str | None:
+    """The newest complete checkpoint. The Trainer writes trainer_state.json after the weights,
+    optimizer and RNG state, so a checkpoint without it was cut off (kill -9, power loss) and
+    resuming from it would fail."""
     if not directory.is_dir():
         return None
-    found = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    found = sorted(
+        (p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
     return str(found[-1]) if found else None
 
 
@@ -267,9 +279,16 @@ def _original_base(model_path: str) -> str | None:
 
 
 def _copy_metadata(source: Path, target: Path) -> None:
-    for name in ("abliterate.toml", "trial.json", "README.md"):
+    from abliterate.export.metadata import public_dict
+    from abliterate.runs import to_toml, tomllib
+
+    for name in ("trial.json", "README.md"):
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
+    settings = source / "abliterate.toml"
+    if settings.is_file():  # cleaned again: an export made by an older abliterate kept secrets
+        data = public_dict(tomllib.loads(settings.read_text(encoding="utf-8")))
+        (target / "abliterate.toml").write_text(to_toml(data), encoding="utf-8")
 
 
 def _update_card(directory: Path, record: dict) -> None:

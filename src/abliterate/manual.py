@@ -18,14 +18,16 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from abliterate import activations, analysis, pipeline
-from abliterate.config import Settings
+from abliterate.config import STREAMS, Settings
 from abliterate.edit.editor import WeightEditor, untie_embeddings
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import Directions, EditParams, plan
 from abliterate.errors import AbliterateError
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.evaluate import Evaluator
-from abliterate.export.api import Exported, export_trial
+from abliterate.export.api import Exported, export_trial, protected_paths
+from abliterate.guard import check_output
+from abliterate.model import loading
 from abliterate.model.arch import discover
 from abliterate.prompts import chat_texts
 
@@ -40,17 +42,20 @@ class DirectionsResult:
 def find_directions(
     settings: Settings,
     output: Path,
-    streams=analysis.STREAMS,
+    streams=STREAMS,
     n_eval: int = 32,
     kl_threshold: float = 0.1,
     events: pipeline.Events | None = None,
 ) -> DirectionsResult:
     events = events or pipeline.Events()
     settings = pipeline.resolve_prompt_defaults(settings)
+    # Everything that can be wrong with the input, before the model loads.
+    loading.resolve(settings.model, settings.trust_remote_code)
+    settings.check_files()
+    prompts = pipeline.load_prompts(settings)
     loaded = pipeline.load_model(settings, events)
     model, tok = loaded.model, loaded.tokenizer
     layout = discover(model)
-    prompts = pipeline.load_prompts(settings)
     bs = pipeline.batch_size(settings, model)
     residuals = {}
     for stream in streams:
@@ -221,6 +226,14 @@ def apply_direction(
     and the before/after metrics (empty when no evaluation prompts are available)."""
     events = events or pipeline.Events()
     settings = pipeline.resolve_prompt_defaults(settings)
+    # Everything that can be wrong with the input, before the model loads.
+    check_output(output, settings.overwrite, protected_paths(settings))
+    loading.resolve(settings.model, settings.trust_remote_code)
+    settings.check_files()
+    if direction_file and not Path(direction_file).is_file():
+        raise AbliterateError(f"direction file {direction_file} does not exist")
+    if direction_file is None and layer is not None:
+        pipeline.load_prompts(settings)  # compute_direction reads them after the load
     loaded = pipeline.load_model(settings, events)
     model, tok = loaded.model, loaded.tokenizer
     if "embed" in components:

@@ -281,6 +281,7 @@ def open_session(
     settings = resolve_prompt_defaults(settings)
     run_dir = RunDir.for_settings(settings)
     loading.resolve(settings.model, settings.trust_remote_code)  # a missing model first
+    settings.check_files()
     if for_search:
         run_dir.check(settings, new_run=new_run)
         if settings.storage:
@@ -470,7 +471,7 @@ def measure_base(session: Session, events: Events) -> Metrics:
             "refusal behaviour to remove (check the prompt sets, system prompt and markers)"
         )
     record = _metrics_record(session.base, session)
-    (session.run_dir.path / "base.json").write_text(json.dumps(record, indent=2))
+    session.run_dir.save_base(record)
     if session.settings.storage:
         study, _lock = open_study(session)
         st.set_shared(study, "base", record)
@@ -618,7 +619,7 @@ def candidate_from_record(record: dict) -> Candidate:
 
 def record_choice(run_dir: RunDir, number: int, policy: str) -> None:
     """Remember the chosen trial (the report marks it)."""
-    (run_dir.path / "chosen.json").write_text(json.dumps({"trial": number, "policy": policy}))
+    run_dir.save_choice(number, policy)
 
 
 def read_base(run_dir: RunDir) -> dict | None:

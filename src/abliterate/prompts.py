@@ -182,7 +182,15 @@ def load_prompt_set(
     if path.is_dir():
         rows = _read_saved_dataset(path, split, column)
     elif path.is_file():
-        rows = slice_rows(_read_local(path, column), split, dataset)
+        try:
+            rows = slice_rows(_read_local(path, column), split, dataset)
+        except UnicodeDecodeError as exc:
+            raise AbliterateError(
+                f"prompt set file {dataset} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                f"at offset {exc.start}); save it as UTF-8"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise AbliterateError(f"prompt set file {dataset} is not valid JSON ({exc})") from None
     elif dataset.startswith((".", "/", "~")) or path.suffix in (
         ".txt",
         ".jsonl",

@@ -18,14 +18,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 
+from abliterate.atomic import atomic_file, write_text
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,6 +114,14 @@ class RunDir:
     def plots_dir(self) -> Path:
         return self.path / "plots"
 
+    @property
+    def base_file(self) -> Path:
+        return self.path / "base.json"
+
+    @property
+    def chosen_file(self) -> Path:
+        return self.path / "chosen.json"
+
     def trial_file(self, number: int) -> Path:
         return self.trials_dir / f"{number}.json"
 
@@ -157,27 +167,35 @@ class RunDir:
         self.write_settings(settings)
 
     def write_settings(self, settings: Settings) -> None:
-        _atomic_write(self.settings_file, to_toml(settings_dict(settings)))
+        write_text(self.settings_file, to_toml(settings_dict(settings)))
 
     # -- directions ------------------------------------------------------------------------
     def save_directions(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        tmp = self.directions_file.with_suffix(".tmp")
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()},
-            str(tmp),
-            metadata={"abliterate": json.dumps(meta)},
-        )
-        tmp.replace(self.directions_file)
+        from safetensors.torch import save_file
+
+        with atomic_file(self.directions_file) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"abliterate": json.dumps(meta)},
+            )
 
     def load_directions(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
         if not self.directions_file.is_file():
             return None
         return read_directions(self.directions_file)
 
+    # -- base metrics and the chosen trial -------------------------------------------------
+    def save_base(self, record: dict[str, Any]) -> None:
+        write_text(self.base_file, json.dumps(record, indent=2))
+
+    def save_choice(self, number: int, policy: str) -> None:
+        write_text(self.chosen_file, json.dumps({"trial": number, "policy": policy}))
+
     # -- trials ----------------------------------------------------------------------------
     def save_trial(self, record: dict[str, Any]) -> None:
         self.trials_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.trial_file(record["number"]), json.dumps(record, indent=2))
+        write_text(self.trial_file(record["number"]), json.dumps(record, indent=2))
 
     def load_trial(self, number: int) -> dict[str, Any]:
         path = self.trial_file(number)
@@ -198,13 +216,8 @@ def _short(value: Any) -> str:
 
 def read_directions(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("abliterate", "{}"))
     return load_file(str(path)), meta
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

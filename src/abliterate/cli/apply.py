@@ -8,10 +8,8 @@ from pathlib import Path
 from abliterate.cli.console import err, out
 from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.cli.run import Display
-from abliterate.config import COMPONENTS, load_settings
+from abliterate.config import COMPONENTS, EXPORT_CHOICES, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.api import KINDS
-from abliterate.manual import apply_direction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(COMPONENTS),
         help="components to edit (default embed,attn_out,mlp_down)",
     )
-    parser.add_argument("--export", choices=KINDS, default="merged")
+    parser.add_argument("--export", choices=EXPORT_CHOICES, default="merged")
     parser.add_argument(
         "--no-evaluate",
         action="store_true",
@@ -64,6 +62,8 @@ def handle(args: argparse.Namespace) -> int:
     if unknown or not components:
         raise AbliterateError(f"--edit {args.edit!r}: choose among {', '.join(COMPONENTS)}")
     settings = load_settings(args.config, model=args.model, **flags)
+    from abliterate.manual import apply_direction
+
     with Display() as display:
         display.n_trials = 0
         exported, metrics = apply_direction(

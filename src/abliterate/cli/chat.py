@@ -6,13 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from abliterate import pipeline
-from abliterate.chat import Conversation
 from abliterate.cli.console import err
 from abliterate.config import load_settings
-from abliterate.edit.plan import EditParams, plan
 from abliterate.errors import AbliterateError
-from abliterate.model import loading
 
 HELP = "commands: /reset (forget the conversation), /quit (leave)"
 
@@ -33,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate import pipeline
+    from abliterate.chat import Conversation
+    from abliterate.model import loading
+
     if args.trial:
         run_path, _, number = args.trial.rpartition(":")
         if not run_path or not number.isdigit():
@@ -63,6 +63,9 @@ def chat_with_trial(
     session, record: dict, system_prompt: str | None = None, max_new_tokens: int = 256
 ) -> None:
     """Chat with trial `record` applied to the session's model; the model is restored after."""
+    from abliterate.chat import Conversation
+    from abliterate.edit.plan import EditParams, plan
+
     session.editor.apply(
         plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
     )
@@ -75,7 +78,7 @@ def chat_with_trial(
         session.editor.reset()
 
 
-def repl(conversation: Conversation, name: str) -> None:
+def repl(conversation, name: str) -> None:
     err.print(f"chatting with [bold]{name}[/bold]; {HELP}")
     while True:
         try:

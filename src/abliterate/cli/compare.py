@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from abliterate.atomic import write_text
 from abliterate.cli.console import err, out
-from abliterate.compare import compare_runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.compare import compare_runs
+
     comparison, summary = compare_runs(
         args.run_dirs,
         args.trials,
@@ -41,8 +43,8 @@ def handle(args: argparse.Namespace) -> int:
     )
     target = Path(args.output)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "comparison.json").write_text(json.dumps(comparison, indent=2))
-    (target / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(target / "comparison.json", json.dumps(comparison, indent=2))
+    write_text(target / "summary.json", json.dumps(summary, indent=2))
     out.print(summary_table(comparison, summary))
     err.print(f"wrote {target / 'comparison.json'} and {target / 'summary.json'}")
     return 0

@@ -8,16 +8,14 @@ from pathlib import Path
 from rich.table import Table
 
 from abliterate.cli.console import err, out, stage_progress
-from abliterate.cli.run import execute
 from abliterate.config import load_settings
-from abliterate.evaluation import evaluate_against_base
-from abliterate.organism import ARCHES, ORGANISM_VERSION, organism_path
+from abliterate.organism.arches import ARCHES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="run the whole pipeline on the built-in model organism")
     parser.add_argument(
-        "--output", help="where the abliterated organism goes (default: RUN_DIR/model)"
+        "--output", help="where the abliterated organism goes (default: RUN_DIR-model)"
     )
     parser.add_argument("--arch", default="llama", choices=sorted(ARCHES))
     parser.add_argument("--n-trials", type=int, default=30, help="search budget (default 30)")
@@ -26,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.cli.run import execute
+    from abliterate.evaluation import evaluate_against_base
+    from abliterate.organism import ORGANISM_VERSION, organism_path
+
     err.print(
         "[bold]abliterate demo[/bold]: the built-in model organism (a tiny chat model "
         "trained to refuse harmful requests), built once and cached"
@@ -33,7 +35,8 @@ def handle(args: argparse.Namespace) -> int:
     with stage_progress() as update:
         organism = organism_path(args.arch, on_progress=update)
     run_dir = Path(args.run_dir or f"runs/demo-v{ORGANISM_VERSION}-{args.arch}")
-    output = Path(args.output) if args.output else run_dir / "model"
+    # Beside the run directory, not in it: an export never goes inside the run it came from.
+    output = Path(args.output) if args.output else run_dir.with_name(f"{run_dir.name}-model")
     settings = load_settings(
         model=str(organism),
         n_trials=args.n_trials,

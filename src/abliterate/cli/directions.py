@@ -8,12 +8,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from abliterate.analysis import STREAMS
 from abliterate.cli.console import err, out
 from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.cli.run import Display
-from abliterate.config import load_settings
-from abliterate.manual import find_directions
+from abliterate.config import STREAMS, load_settings
 from abliterate.runs import default_run_dir
 
 
@@ -58,6 +56,8 @@ def handle(args: argparse.Namespace) -> int:
         from abliterate.errors import AbliterateError
 
         raise AbliterateError(f"--streams {args.streams!r}: choose among {', '.join(STREAMS)}")
+    from abliterate.manual import find_directions
+
     settings = load_settings(args.config, model=args.model, **overrides(args))
     output = Path(args.output or f"{default_run_dir(args.model)}-directions")
     with Display() as display:

@@ -8,7 +8,6 @@ import json
 from abliterate.cli.console import err, out
 from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.config import load_settings
-from abliterate.evaluation import evaluate_against_base
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.evaluation import evaluate_against_base
+
     settings = load_settings(args.config, model=args.base, **overrides(args))
     result = evaluate_against_base(
         settings, args.model, args.base, message=lambda m: err.print(f"  {m}", highlight=False)

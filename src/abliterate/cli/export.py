@@ -6,13 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from abliterate import pipeline
 from abliterate.cli.console import err, out, progress
 from abliterate.cli.run import report_export
 from abliterate.config import load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.api import export_trial
 from abliterate.export.hub import push
+from abliterate.guard import check_output
 from abliterate.runs import RunDir
 from abliterate.search.select import DEFAULT_POLICY, select
 
@@ -56,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def from_run_dir(path: str):
     """(settings, directions, records by trial number, base metrics) of a run directory."""
+    from abliterate import pipeline
+
     run_dir = RunDir(Path(path))
     if not run_dir.exists():
         raise AbliterateError(f"{path} is not a run directory (no settings.toml)")
@@ -74,6 +75,7 @@ def from_run_dir(path: str):
 
 def from_study(url: str, name: str):
     """The same, from a shared study: what every worker published there."""
+    from abliterate import pipeline
     from abliterate.config import Settings
     from abliterate.search import study as st
 
@@ -98,6 +100,8 @@ def from_study(url: str, name: str):
 
 
 def pick_record(records: dict[int, dict], trial: int | None, policy: str | None) -> dict:
+    from abliterate import pipeline
+
     if not records:
         raise AbliterateError("no finished trials to export")
     if trial is not None:
@@ -109,6 +113,9 @@ def pick_record(records: dict[int, dict], trial: int | None, policy: str | None)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate import pipeline
+    from abliterate.export.api import export_trial, protected_paths
+
     if args.storage:
         settings, directions, records, base = from_study(args.storage, args.study_name)
     elif args.run_dir:
@@ -123,6 +130,8 @@ def handle(args: argparse.Namespace) -> int:
 
         if args.export != "merged":
             raise AbliterateError("--no-stream writes merged weights only")
+        # Refused before the model loads, not after.
+        check_output(args.output, args.overwrite, protected_paths(settings, args.run_dir))
         session = pipeline.open_session(settings, for_search=False)
         path = export_loaded(
             session, record, args.output, args.max_shard_size, args.overwrite, base
@@ -141,6 +150,7 @@ def handle(args: argparse.Namespace) -> int:
                 args.overwrite,
                 base,
                 on_progress=lambda d, t: bars.update(task, completed=d, total=t),
+                run_dir=args.run_dir,
             )
         report_export(result, record["number"])
         targets = result.paths

@@ -12,7 +12,7 @@ from abliterate.cli.console import err, out
 from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.config import format_validation_error, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.heal import HealSettings, heal
+from abliterate.heal import HealSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.heal import heal
+
     try:
         cfg = HealSettings(**overrides(args, "heal_"))
     except ValidationError as exc:
-        raise AbliterateError(format_validation_error(exc)) from None
+        raise AbliterateError(format_validation_error(exc, HealSettings)) from None
     eval_settings = None
     if not args.no_evaluate:
         eval_settings = load_settings(args.config, model=args.model, **overrides(args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from abliterate import __version__
@@ -55,17 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_transformers() -> None:
+    """The CLI draws its own progress bars; transformers' would interleave with them. Set
+    through the environment when transformers is not loaded yet, so that it stays unloaded."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere on the line, not only before the subcommand.
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    # Parsing imports nothing heavy: --help, --version and usage errors answer at once; torch
+    # and transformers load inside the commands that use them.
     args = build_parser().parse_args(argv)
-    # The CLI draws its own progress bars; transformers' would interleave with them.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     try:
+        quiet_transformers()
         return args.handler(args) or 0
     except AbliterateError as exc:
         if debug:

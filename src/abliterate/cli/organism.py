@@ -6,7 +6,7 @@ import argparse
 import json
 
 from abliterate.cli.console import err, out, stage_progress
-from abliterate.organism import ARCHES, build_organism, organism_path
+from abliterate.organism.arches import ARCHES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +40,8 @@ def _arch_seed(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from abliterate.organism import build_organism
+
     with stage_progress() as update:
         path = build_organism(
             args.output,
@@ -60,6 +62,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
+    from abliterate.organism import organism_path
+
     with stage_progress() as update:
         path = organism_path(args.arch, args.seed, on_progress=update)
     out.print(str(path), highlight=False)

@@ -10,7 +10,6 @@ from rich.table import Table
 from abliterate.cli.console import out
 from abliterate.cli.flags import add_settings_arguments, overrides
 from abliterate.config import load_settings
-from abliterate.plan import human, plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.plan import human, plan
+
     settings = load_settings(args.config, model=args.model, **overrides(args))
     device_map, stages, facts = plan(settings)
     out.print(

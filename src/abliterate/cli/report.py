@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from abliterate.cli.console import err, out
-from abliterate.report import build_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from abliterate.report import build_report
+
     path = build_report(args.run_dir, args.trial)
     err.print(f"[green]wrote[/green] {path} (figures in {path.parent / 'plots'})")
     out.print(str(path), highlight=False)

@@ -7,20 +7,23 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.prompt import Prompt
 from rich.table import Table
 
-from abliterate import pipeline
-from abliterate.atomic import check_output_free
 from abliterate.cli.console import err, out, progress
 from abliterate.cli.flags import add_settings_arguments, overrides
 from abliterate.config import Settings, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.export.api import Exported, export_trial
 from abliterate.export.hub import push
-from abliterate.model.arch import Layout
+from abliterate.guard import check_output
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
+
+if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch, transformers)
+    from abliterate import pipeline
+    from abliterate.export.api import Exported
+    from abliterate.model.arch import Layout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +62,8 @@ class Display:
         self.started = time.perf_counter()
 
     def events(self) -> pipeline.Events:
+        from abliterate import pipeline
+
         return pipeline.Events(message=self.message, progress=self.progress, trial=self.trial)
 
     def message(self, text: str) -> None:
@@ -155,10 +160,13 @@ def interactive() -> bool:
 
 
 def execute(settings: Settings, new_run: bool = False) -> int:
+    from abliterate import pipeline
+    from abliterate.export.api import protected_paths
+
     settings = pipeline.resolve_prompt_defaults(settings)
     if settings.output:
         # Refuse now, not after the search: an hour of trials should not end in this error.
-        check_output_free(Path(settings.output), settings.overwrite)
+        check_output(settings.output, settings.overwrite, protected_paths(settings))
     err.print(f"[bold]abliterate run[/bold] {settings.model}")
     with Display() as display:
         display.n_trials = settings.n_trials
@@ -189,6 +197,8 @@ def execute(settings: Settings, new_run: bool = False) -> int:
 
 
 def choose_and_export(session: pipeline.Session, study) -> int:
+    from abliterate import pipeline
+
     settings = session.settings
     pipeline.sync_trial_files(session, study)
     cands = pipeline.candidates(study)
@@ -219,6 +229,8 @@ ACTIONS = ["merged", "adapter", "both", "chat", "upload", "back", "quit"]
 
 def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> int:
     """Choose a trial from the front, then what to do with it, until the user quits."""
+    from abliterate import pipeline
+
     numbers = [str(c.number) for c in front]
     last_export: Path | None = None
     while True:
@@ -258,6 +270,9 @@ def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> in
 
 
 def export(session: pipeline.Session, record: dict, output: str, kind: str) -> None:
+    from abliterate import pipeline
+    from abliterate.export.api import export_trial
+
     s = session.settings
     result = export_trial(
         s,

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from abliterate.atomic import atomic_directory
-from abliterate.config import Settings, export_kinds
+from abliterate.config import EXPORT_CHOICES, Settings, export_kinds
 from abliterate.edit.plan import Directions, EditParams, plan
 from abliterate.errors import AbliterateError
 from abliterate.export.adapter import write_adapter
@@ -35,10 +35,12 @@ from abliterate.export.stream import (
     shard_files,
     stream_export,
 )
+from abliterate.guard import check_output, source_paths
 from abliterate.model import gguf, loading
 from abliterate.model.arch import discover
+from abliterate.runs import RunDir
 
-KINDS = ("merged", "adapter", "both", "gguf")  # single kinds; `export` also takes a list
+KINDS = EXPORT_CHOICES
 
 
 @dataclass
@@ -87,6 +89,12 @@ def local_source(model: str) -> Path:
             ) from None
 
 
+def protected_paths(settings: Settings, run_dir: str | Path | None = None) -> list:
+    """What an export of this run must never touch (guard.py): the source and the run."""
+    run = Path(run_dir) if run_dir is not None else RunDir.for_settings(settings).path
+    return [*source_paths(settings.model), ("the run directory", run)]
+
+
 def meta_model(source: Path, trust_remote_code: bool):
     """The model's structure without its weights (every tensor on the meta device)."""
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -122,13 +130,17 @@ def export_trial(
     overwrite: bool = False,
     base: dict | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    run_dir: str | Path | None = None,
 ) -> Exported:
     """Write trial `record` of a run to `output`: one kind into `output` itself, several into
-    one sub-directory each (`both`: output/merged and output/adapter)."""
+    one sub-directory each (`both`: output/merged and output/adapter). The output may not be,
+    hold or sit inside the source model, the run directory (`run_dir`, default the settings')
+    or a cache (see guard.py)."""
     try:
         kinds = export_kinds(kind)
     except ValueError as exc:
         raise AbliterateError(str(exc)) from None
+    check_output(output, overwrite, protected_paths(settings, run_dir))
     source = local_source(settings.model)
     gguf_source = gguf.source_of(source)
     warnings: list[str] = []
@@ -163,7 +175,13 @@ def export_trial(
                 untie_output_name=untie, on_tensor=on_progress,
             )  # fmt: skip
             if merged is not None:
-                copy_side_files(source, merged)
+                left_out = copy_side_files(source, merged)
+                if left_out:
+                    more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+                    warnings.append(
+                        "not copied from the source (only config, tokenizer, chat template, "
+                        f"licence and README files travel): {', '.join(left_out[:8])}{more}"
+                    )
                 if untie:
                     _write_config_untied(merged)
                 _chat_template(settings, merged)

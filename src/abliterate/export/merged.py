@@ -9,8 +9,10 @@ from pathlib import Path
 from abliterate.atomic import atomic_directory
 from abliterate.edit.plan import EditParams, plan
 from abliterate.errors import AbliterateError
+from abliterate.export.api import protected_paths
 from abliterate.export.card import model_card
 from abliterate.export.metadata import write_metadata
+from abliterate.guard import check_output
 from abliterate.model.loading import load_tokenizer
 
 
@@ -27,6 +29,7 @@ def export_merged(
     Written to a temporary directory and renamed when complete: an interrupted export leaves
     nothing behind, and the source model is never touched."""
     s = session.settings
+    check_output(output, overwrite, protected_paths(s, session.run_dir.path))
     if s.quantization != "none":
         raise AbliterateError(
             "--no-stream saves the loaded model, and a 4-bit model carries its edit in hooks, not "

@@ -270,15 +270,62 @@ def check_coverage(resolved: dict[str, Resolved], source: Path) -> None:
         )
 
 
-def copy_side_files(source: Path, target: Path) -> None:
-    """Everything but the weights and the model card: config, tokenizer, chat template, code."""
-    for item in source.iterdir():
-        if item.name.startswith(".") or item.name == "README.md" or WEIGHT_FILES.match(item.name):
+# What an export takes from the source besides the weights it writes itself: how to load and
+# prompt the model, and the terms it is published under. Anything else (a Meta-style
+# `original/` folder with consolidated.00.pth, a second copy of the weights, training state)
+# stays behind: it would ship un-edited weights next to the edited ones.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.tiktoken",
+    "*.model",  # sentencepiece
+    "chat_template.*",
+    "*.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "LICEN[CS]E*",
+    "NOTICE*",
+    "COPYING*",
+    "USE_POLICY*",
+    "*.md",
+)
+# Written by the export itself (or by a GGUF conversion): never copied, never reported.
+OWN_FILES = {"README.md", "abliterate.toml", "trial.json", "abliterate-gguf.json"}
+# Remote model code (trust_remote_code: config.json's auto_map names it), top level only.
+CODE_FILES = ("*.py",)
+
+
+def side_file(relative: Path) -> bool:
+    """Whether `relative` (a path inside the source directory) travels with an export."""
+    if any(part.startswith(".") for part in relative.parts) or WEIGHT_FILES.match(relative.name):
+        return False
+    if str(relative) in OWN_FILES:
+        return False
+    patterns = SIDE_FILES + (CODE_FILES if len(relative.parts) == 1 else ())
+    return any(relative.match(p) for p in patterns)
+
+
+def copy_side_files(source: Path, target: Path) -> list[str]:
+    """Copy config, tokenizer, chat template, licence and README-like files (at any depth) from
+    `source` to `target`; never a weight file. Returns what was left out, except the source's
+    own weight shards, which the export replaces."""
+    shards = {p.name for p in shard_files(source)} | {"model.safetensors.index.json"}
+    left_out = []
+    for item in sorted(source.rglob("*")):
+        relative = item.relative_to(source)
+        if not item.is_file() or relative.parts[0].startswith("."):
             continue
-        if item.is_dir():
-            shutil.copytree(item, target / item.name)
-        else:
-            shutil.copy2(item, target / item.name)
+        if side_file(relative):
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, target / relative)
+        elif str(relative) not in shards | OWN_FILES:
+            left_out.append(relative.as_posix())
+    return left_out
 
 
 def group_factors(resolved: dict[str, Resolved]) -> dict[str, tuple[Tensor, Tensor]]:

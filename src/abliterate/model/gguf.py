@@ -67,6 +67,27 @@ def _from_hub(spec: str) -> Path:
         ) from None
 
 
+def check_readable(path: Path) -> None:
+    """Parse the header and tensor table (memory-mapped, about a second for any size) and check
+    that every tensor's data lies inside the file: a truncated download fails here with one
+    line, not deep inside the conversion."""
+    import gguf as gguf_lib
+
+    try:
+        reader = gguf_lib.GGUFReader(path)
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # gguf raises ValueError, struct errors, numpy errors...
+        raise AbliterateError(
+            f"{path} is a truncated or corrupt GGUF file ({type(exc).__name__}); download it again"
+        ) from None
+    size = path.stat().st_size
+    if end > size:
+        raise AbliterateError(
+            f"{path} is truncated: its tensors need {end} bytes, the file has {size}; download "
+            "it again"
+        )
+
+
 def converted_dir(gguf: Path) -> Path:
     """The cache directory for one GGUF file, keyed by its path, size and modification time
     (hashing the whole file would cost minutes for a large model)."""
@@ -94,6 +115,7 @@ def convert(gguf: Path, on_message: Callable[[str], None] | None = None) -> Path
     with FileLock(str(target) + ".lock"):
         if (target / RECORD).is_file():
             return target
+        check_readable(gguf)
         if on_message:
             on_message(f"converting {gguf.name} to float32 safetensors (once; cached in {target})")
         with atomic_directory(target, overwrite=True) as tmp:

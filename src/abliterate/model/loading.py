@@ -54,6 +54,7 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
             raise AbliterateError(
                 f"{spec} is a directory without config.json: not a Hugging Face model directory"
             )
+        check_directory(path)
         return str(path)
     if looks_like_path(spec):
         raise AbliterateError(f"model path {spec} does not exist")
@@ -65,6 +66,67 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
             f"fetched from the Hugging Face Hub or found in its cache ({_first_line(exc)})"
         ) from None
     return spec
+
+
+def check_directory(path: Path) -> None:
+    """Catch a broken model directory in a second, not after minutes of loading: config.json
+    must parse and name a model type transformers knows, and every safetensors file must have a
+    whole header covering the whole file (truncated downloads, zero-byte files)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AbliterateError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    # Remote code names its own model type; load() asks for --trust-remote-code.
+    remote = isinstance(config, dict) and "auto_map" in config
+    if not remote:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if model_type not in CONFIG_MAPPING:
+            raise AbliterateError(
+                f"{path / 'config.json'} has model_type {model_type!r}, which this transformers "
+                "does not know: upgrade transformers (pip install -U transformers), or, for a "
+                "model that ships its own code, pass --trust-remote-code"
+            )
+    files = _safetensors_files(path)
+    if not files:
+        raise AbliterateError(
+            f"{path} has no .safetensors weights; abliterate never loads pickled (.bin) "
+            "checkpoints. Convert them with transformers' save_pretrained first"
+        )
+    for weights in files:
+        _check_safetensors(weights)
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(path.glob("*.safetensors"))
+    try:
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as exc:
+        raise AbliterateError(f"{index} is not a valid index ({exc})") from None
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise AbliterateError(
+            f"{path} is incomplete: {', '.join(missing[:3])} named in {index.name} is missing "
+            "(download the model again)"
+        )
+    return [path / n for n in names]
+
+
+def _check_safetensors(weights: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        size = weights.stat().st_size
+        raise AbliterateError(
+            f"{weights} is not a readable safetensors file ({size} bytes; {_first_line(exc)}): "
+            "truncated or corrupt, download it again"
+        ) from None
 
 
 def checkpoint_dir(spec: str, on_message: Message | None = None) -> str:
@@ -106,14 +168,6 @@ def load_tokenizer(
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
-
-
-def _has_safetensors(spec: str) -> bool | None:
-    """True/False for a local directory, None for a hub id (transformers will tell)."""
-    path = Path(spec)
-    if not path.is_dir():
-        return None
-    return any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
 
 
 def quantization_config(kind: str):
@@ -178,11 +232,6 @@ def load(
         raise AbliterateError(
             f"{source} ships its own model code (auto_map in config.json); read it, then pass "
             "--trust-remote-code to let it run"
-        )
-    if _has_safetensors(spec) is False:
-        raise AbliterateError(
-            f"{spec} has no .safetensors weights; abliterate never loads pickled (.bin) "
-            "checkpoints. Convert them with transformers' save_pretrained first"
         )
     tokenizer = load_tokenizer(spec, chat_template, trust_remote_code)
     quant = quantization_config(quantization)

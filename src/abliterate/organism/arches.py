@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import Gemma3TextConfig, LlamaConfig, PretrainedConfig, Qwen2Config
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+# transformers is imported inside each builder: the CLI lists these names for --help.
 
 HIDDEN, LAYERS, HEADS, FFN = 128, 4, 4, 384
 
@@ -36,6 +40,8 @@ def _common(vocab: int, eos: int, pad: int) -> dict:
 
 
 def _llama(vocab: int, eos: int, pad: int) -> PretrainedConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         **_common(vocab, eos, pad), num_key_value_heads=HEADS, tie_word_embeddings=False
     )
@@ -44,6 +50,8 @@ def _llama(vocab: int, eos: int, pad: int) -> PretrainedConfig:
 def _qwen2(vocab: int, eos: int, pad: int) -> PretrainedConfig:
     # Untied, like Qwen2-7B: tied embeddings without Gemma's sqrt(d) embedding scale learn too
     # slowly for the CPU training budget (Gemma 3 covers the tied layout).
+    from transformers import Qwen2Config
+
     return Qwen2Config(
         **_common(vocab, eos, pad),
         num_key_value_heads=2,
@@ -53,6 +61,8 @@ def _qwen2(vocab: int, eos: int, pad: int) -> PretrainedConfig:
 
 
 def _gemma3(vocab: int, eos: int, pad: int) -> PretrainedConfig:
+    from transformers import Gemma3TextConfig
+
     return Gemma3TextConfig(
         **_common(vocab, eos, pad),
         num_key_value_heads=2,

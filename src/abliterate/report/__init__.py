@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+from abliterate.atomic import write_bytes, write_text
 from abliterate.errors import AbliterateError
 from abliterate.runs import RunDir, read_directions
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
@@ -38,7 +39,7 @@ def _png(fig, path: Path) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     data = buf.getvalue()
-    path.write_bytes(data)
+    write_bytes(path, data)
     encoded = base64.b64encode(data).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
@@ -185,7 +186,7 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
     chosen_record = by_number.get(chosen) if chosen is not None else None
     page = _page(settings, meta, base, trials, chosen_record, front, chosen, figures)
     target = run_dir.path / "report.html"
-    target.write_text(page, encoding="utf-8")
+    write_text(target, page)
     return target
 
 

@@ -32,6 +32,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from abliterate.config import redact
 from abliterate.errors import AbliterateError
 
 HEARTBEAT_SECONDS = 10.0
@@ -53,14 +54,43 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
     for attempt in range(5):
         try:
             with study_lock(url, journal.with_suffix(".lock"), "storage-init"):
-                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                return RDBStorage(url, engine_kwargs=engine_kwargs(url))
         except Exception as exc:  # driver missing, server down, bad URL: many types
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             if attempt < 4 and ("UniqueViolation" in first or "already exists" in first):
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise AbliterateError(f"cannot open storage {url!r}: {first}") from None
+            raise AbliterateError(
+                f"cannot open storage {redact(url)}{_where(url)}: {first}"
+            ) from None
     raise AssertionError("unreachable")
+
+
+# A database server that does not answer (wrong host, firewall) would otherwise hold a worker
+# for the operating system's TCP timeout, minutes, before any message.
+CONNECT_TIMEOUT = 10
+
+
+def engine_kwargs(url: str) -> dict:
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    return kwargs
+
+
+def _where(url: str) -> str:
+    """` (host H, port P)` of a server URL, so an unreachable one is named in the error."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # the URL itself is bad; the driver's message says how
+        return ""
+    if not parsed.host:
+        return ""
+    default = {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name())
+    port = parsed.port or default
+    return f" (host {parsed.host}, port {port})" if port else f" (host {parsed.host})"
 
 
 @contextmanager
@@ -86,7 +116,9 @@ def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
     import sqlalchemy
 
     key = zlib.crc32(f"abliterate:{name}".encode()) & 0x7FFFFFFF
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args=engine_kwargs(url)["connect_args"]
+    )
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         try:
