@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--directions", type=int, default=128, help="rows of each train set")
     ap.add_argument("--search", type=int, default=32, help="next rows, scoring the trials")
     ap.add_argument("--search-tokens", type=int, default=24)
+    ap.add_argument(
+        "--overrefusal-sample", type=int, default=16, help="search harmless prompts answered"
+    )
     ap.add_argument("--heldout-harmless", type=int, default=100, help="rows of harmless_val")
     ap.add_argument("--heldout-tokens", type=int, default=48)
     ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
@@ -119,6 +122,7 @@ def main() -> None:
          "--harmful-eval-prompts", f"{harmful}:train[{d}:{end}]",
          "--harmless-eval-prompts", f"{harmless}:train[{d}:{end}]",
          "--max-response-length", str(args.search_tokens),
+         "--overrefusal-sample", str(args.overrefusal_sample),
          "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
         args.threads,
     )  # fmt: skip
@@ -143,8 +147,8 @@ def main() -> None:
         "trials": args.trials,
         "prompts": {
             "directions": f"harmful_train[:{d}] + harmless_train[:{d}]",
-            "search": f"harmful_train[{d}:{end}] + harmless_train[{d}:{end}], "
-            f"{args.search_tokens} tokens",
+            "search": f"harmful_train[{d}:{end}] + harmless_train[{d}:{end}] (KL; "
+            f"{args.overrefusal_sample} of them answered), {args.search_tokens} tokens",
             "held_out": f"harmful_val (39) + harmless_val[:{args.heldout_harmless}], "
             f"{args.heldout_tokens} tokens",
         },
