@@ -132,3 +132,19 @@ def test_interrupted_run_resumes_without_recomputing(organism_dir, tmp_path, sig
         # those and draws the rest.
         assert retry and interrupted[0].params.items() <= retry[0].params.items()
     assert len(list((run_dir / "trials").glob("*.json"))) == n
+
+
+def test_choice_is_re_measured_with_longer_answers_and_export_agrees(organism_run):
+    run_dir = organism_run / "run"
+    chosen = json.loads((run_dir / "chosen.json").read_text())["trial"]
+    trials = {t["number"]: t for t in _trials(run_dir)}
+    confirmed = {n: t["confirmed"] for n, t in trials.items() if "confirmed" in t}
+    assert chosen in confirmed and 1 <= len(confirmed) <= 3
+    for n, c in confirmed.items():
+        assert c["response_length"] == 64  # twice the search's 32 tokens
+        # Longer greedy answers extend the shorter ones: refusals can only be added.
+        assert c["refusal_rate"] >= trials[n]["metrics"]["refusal_rate"]
+    # `export` choosing from the run directory by the same policy lands on the same trial.
+    from abliterate.cli.export import pick_record
+
+    assert pick_record(trials, None, "min-kl-under:0.1")["number"] == chosen

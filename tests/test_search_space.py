@@ -7,7 +7,13 @@ import pytest
 
 from abliterate.errors import AbliterateError
 from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
-from abliterate.search.select import Candidate, pareto_front, select
+from abliterate.search.select import (
+    Candidate,
+    pareto_front,
+    select,
+    select_confirmed,
+    with_refusal_rate,
+)
 from abliterate.search.space import SpaceConfig, suggest
 
 
@@ -82,3 +88,40 @@ def test_pareto_front_and_policies():
         select(cands, "best")
     with pytest.raises(AbliterateError, match="no finished trial number 9"):
         select(cands, "trial:9")
+
+
+def _cand(n, rate, kl, base=0.8):
+    return Candidate(n, rate / base, kl, rate, kl)
+
+
+def test_confirmation_moves_the_choice_off_a_trial_that_only_just_passed():
+    # Search figures: trial 1 just under the bound and cheapest; trial 2 clearly under it.
+    cands = [_cand(0, 0.5, 0.01), _cand(1, 0.09, 0.10), _cand(2, 0.0, 0.14), _cand(3, 0.06, 0.2)]
+    longer = {1: 0.19, 2: 0.03, 3: 0.06}  # what longer answers show
+    asked = []
+
+    def confirm(c):
+        asked.append(c.number)
+        return with_refusal_rate(c, longer[c.number], 0.8)
+
+    chosen, confirmed = select_confirmed(cands, "min-kl-under:0.1", confirm, budget=3)
+    assert chosen.number == 2 and asked == [1, 2]
+    assert confirmed[1].refusal_rate == 0.19
+    assert confirmed[1].refusal_score == pytest.approx(0.19 / 0.8)
+    # Off, or a named trial: the search figures decide, nothing is re-measured.
+    assert select_confirmed(cands, "min-kl-under:0.1", confirm, budget=0)[0].number == 1
+    assert select_confirmed(cands, "trial:1", confirm, budget=3) == (cands[1], {})
+    assert asked == [1, 2]
+
+
+def test_confirmation_budget_is_never_exceeded():
+    cands = [_cand(n, 0.05, 0.1 + n / 100) for n in range(6)]
+    asked = []
+
+    def confirm(c):
+        asked.append(c.number)
+        return with_refusal_rate(c, 0.5, 0.8)  # every one fails once re-measured
+
+    chosen, confirmed = select_confirmed(cands, "min-kl-under:0.1", confirm, budget=2)
+    assert asked == [0, 1] and set(confirmed) == {0, 1}
+    assert chosen.number == 2  # the cheapest not yet shown to fail

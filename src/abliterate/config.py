@@ -325,6 +325,19 @@ class Settings(BaseSettings):
         "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R), "
         "min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.1.",
     )
+    confirm_trials: int = _field(
+        3,
+        "run",
+        "When a policy chooses, re-measure the refusal rate of the trial it picks with longer "
+        "answers and choose again, for up to this many trials (0 = off).",
+        ge=0,
+    )
+    confirm_response_length: int = _field(
+        0,
+        "run",
+        "New tokens per answer when a chosen trial is re-measured (0 = twice max_response_length).",
+        ge=0,
+    )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
     overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")
 

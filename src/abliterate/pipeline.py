@@ -18,7 +18,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from abliterate.prompts import chat_texts, load_prompt_set
 from abliterate.runs import RunDir
 from abliterate.search import study as st
 from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
-from abliterate.search.select import Candidate
+from abliterate.search.select import Candidate, select_confirmed, with_refusal_rate
 from abliterate.search.space import SpaceConfig, suggest, warm_starts
 
 SAMPLES = 5  # responses kept per prompt set in each trial record
@@ -611,10 +611,56 @@ def sync_trial_files(session: Session, study) -> None:
 
 
 def candidate_from_record(record: dict) -> Candidate:
+    """The trial as the choice sees it: re-measured figures (see `confirm_choice`) win."""
     m = record["metrics"]
-    return Candidate(
+    cand = Candidate(
         record["number"], record["refusal_score"], record["kl_score"], m["refusal_rate"], m["kl"]
     )
+    confirmed = record.get("confirmed")
+    if confirmed:
+        return replace(cand, refusal_rate=confirmed["refusal_rate"],
+                       refusal_score=confirmed["refusal_score"])  # fmt: skip
+    return cand
+
+
+def confirm_choice(
+    session: Session, study, cands: list[Candidate], policy: str, events: Events
+) -> Candidate:
+    """Choose by `policy`, re-measuring the picked trials with longer answers first (see
+    `select_confirmed`); what was re-measured is saved in the trial files and the study."""
+    s = session.settings
+    assert session.evaluator is not None
+    length = s.confirm_response_length or 2 * s.max_response_length
+    records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
+
+    def confirm(c: Candidate) -> Candidate:
+        params = EditParams.from_dict(records[c.number]["params"])
+        session.editor.apply(plan(session.layout.writers, session.directions, params))
+        try:
+            rate = session.evaluator.harmful_refusal_rate(length)
+        finally:
+            session.editor.reset()
+        again = with_refusal_rate(c, rate, session.base_refusal_rate)
+        events.message(
+            f"re-measured trial {c.number} with {length}-token answers: refusals "
+            f"{c.refusal_rate:.2f} -> {again.refusal_rate:.2f}"
+        )
+        record = {**records[c.number], "confirmed": {
+            "refusal_rate": again.refusal_rate,
+            "refusal_score": again.refusal_score,
+            "response_length": length,
+        }}  # fmt: skip
+        session.run_dir.save_trial(record)
+        return again
+
+    chosen, confirmed = select_confirmed(cands, policy, confirm, s.confirm_trials)
+    if confirmed:
+        saved = st.get_shared(study, "confirmed") or {}
+        saved.update({str(n): [c.refusal_rate, c.refusal_score] for n, c in confirmed.items()})
+        st.set_shared(study, "confirmed", saved)
+    if s.confirm_trials and not policy.startswith("trial:") and chosen.number not in confirmed:
+        events.message(f"trial {chosen.number} was not re-measured: confirm_trials spent")
+    return chosen
 
 
 def record_choice(run_dir: RunDir, number: int, policy: str) -> None:
@@ -628,17 +674,17 @@ def read_base(run_dir: RunDir) -> dict | None:
 
 
 def candidates(study) -> list[Candidate]:
+    """Every finished trial, with refusal rates re-measured before a choice where there are."""
     out = []
+    confirmed = st.get_shared(study, "confirmed") or {}
     for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
         rec = t.user_attrs.get("record", {})
         m = rec.get("metrics", {})
-        out.append(
-            Candidate(
-                t.number,
-                t.values[0],
-                t.values[1],
-                m.get("refusal_rate", 1.0),
-                m.get("kl", t.values[1]),
-            )
+        cand = Candidate(
+            t.number, t.values[0], t.values[1], m.get("refusal_rate", 1.0), m.get("kl", t.values[1])
         )
+        if str(t.number) in confirmed:
+            rate, score = confirmed[str(t.number)]
+            cand = replace(cand, refusal_rate=rate, refusal_score=score)
+        out.append(cand)
     return out

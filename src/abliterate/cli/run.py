@@ -18,7 +18,7 @@ from abliterate.config import Settings, load_settings
 from abliterate.errors import AbliterateError
 from abliterate.export.hub import push
 from abliterate.guard import check_output
-from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
+from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front
 
 if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch, transformers)
     from abliterate import pipeline
@@ -208,7 +208,10 @@ def choose_and_export(session: pipeline.Session, study) -> int:
     front = pareto_front(cands)
     if settings.select or not interactive():
         policy = settings.select or DEFAULT_POLICY
-        chosen = select(cands, policy)
+        events = pipeline.Events(message=lambda m: err.print(f"  {m}"))
+        chosen = pipeline.confirm_choice(session, study, cands, policy, events)
+        records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
+        front = pareto_front(pipeline.candidates(study))
         out.print(front_table(front, records, chosen.number))
         err.print(f"chose trial {chosen.number} (policy {policy})")
         pipeline.record_choice(session.run_dir, chosen.number, policy)

@@ -112,6 +112,21 @@ class Evaluator:
             delimiters=self.settings.markers.delimiters,
         )
 
+    def harmful_refusal_rate(self, max_new_tokens: int) -> float:
+        """Refusal rate on the harmful prompts with answers `max_new_tokens` long (to re-measure
+        a chosen trial with longer answers than the search used)."""
+        responses = generate(
+            self.model,
+            self.tokenizer,
+            self.harmful_texts,
+            max_new_tokens,
+            self.settings.batch_size,
+            stop_markers=self.settings.markers.refusal,
+            delimiters=self.settings.markers.delimiters,
+        )
+        obs = Observation(markers=self.settings.markers, harmful_responses=responses)
+        return score(obs, ("refusal_rate",))["refusal_rate"]
+
     def evaluate(
         self,
         prune_kl: float | None = None,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from abliterate.errors import AbliterateError
 
@@ -81,3 +81,35 @@ def select(cands: Sequence[Candidate], policy: str) -> Candidate:
     if policy == "knee":
         return _knee(pareto_front(cands))
     raise AbliterateError(f"unknown selection policy {policy!r}; use one of: {', '.join(POLICIES)}")
+
+
+def with_refusal_rate(c: Candidate, rate: float, base_refusal_rate: float) -> Candidate:
+    """`c` with its refusal rate re-measured; the refusal score is linear in the rate, so it
+    moves by the same amount over the base rate."""
+    score = c.refusal_score + (rate - c.refusal_rate) / base_refusal_rate
+    return replace(c, refusal_rate=rate, refusal_score=score)
+
+
+def select_confirmed(
+    cands: Sequence[Candidate],
+    policy: str,
+    confirm: Callable[[Candidate], Candidate],
+    budget: int,
+) -> tuple[Candidate, dict[int, Candidate]]:
+    """Choose by `policy`, but before settling on a trial re-measure it (`confirm`) and choose
+    again with what it gave, until the choice lands on a re-measured trial or `budget` trials
+    have been re-measured. A policy bound such as min-kl-under:0.1 otherwise favours the trial
+    whose search figure happened to fall just under the bound (the winner's curse); re-measured
+    with longer answers, refusals only go up, so such a trial drops out and the next one is
+    checked. Returns the choice and the re-measured candidates by trial number."""
+    pool = list(cands)
+    confirmed: dict[int, Candidate] = {}
+    if policy.startswith("trial:"):
+        return select(pool, policy), confirmed
+    for _ in range(budget):
+        pick = select(pool, policy)
+        if pick.number in confirmed:
+            break
+        confirmed[pick.number] = confirm(pick)
+        pool = [confirmed.get(c.number, c) for c in pool]
+    return select(pool, policy), confirmed
