@@ -98,3 +98,27 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_study_goes_on(
         # those and draws the rest.
         assert retried and failed[0].params.items() <= retried[0].params.items()
         assert retried[0].user_attrs["retry_of"] == failed[0].number
+
+
+def test_exports_from_a_password_storage_hold_no_credentials(pg_url, organism_dir, tmp_path):
+    """`run --storage URL --output` and `export --storage URL` on a real server: no exported
+    file holds the URL's password or user:password pair (issue: secrets never leave)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(pg_url)
+    assert url.password, "the test URL must carry a password"
+    secrets = [f"{url.username}:{url.password}@".encode(), pg_url.encode()]
+    name = f"secret-{uuid.uuid4().hex[:8]}"
+    run = organism_command(
+        organism_dir, tmp_path / "run", 2, "--storage", pg_url, "--study-name", name,
+        "--select", POLICY, "--output", str(tmp_path / "run-out"), "--export", "both",
+    )  # fmt: skip
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["export", "--storage", pg_url, "--study-name", name, "--select", POLICY,
+                 "--output", str(tmp_path / "export-out")]) == 0  # fmt: skip
+    files = [p for d in ("run-out", "export-out") for p in (tmp_path / d).rglob("*") if p.is_file()]
+    assert any(p.name == "abliterate.toml" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(s in data for s in secrets), path

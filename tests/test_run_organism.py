@@ -138,13 +138,15 @@ def test_choice_is_re_measured_with_longer_answers_and_export_agrees(organism_ru
     run_dir = organism_run / "run"
     chosen = json.loads((run_dir / "chosen.json").read_text())["trial"]
     trials = {t["number"]: t for t in _trials(run_dir)}
-    confirmed = {n: t["confirmed"] for n, t in trials.items() if "confirmed" in t}
+    confirmed = {int(n): c for n, c in json.loads((run_dir / "confirmed.json").read_text()).items()}
     assert chosen in confirmed and 1 <= len(confirmed) <= 3
+    assert not any("confirmed" in t for t in trials.values())  # trial files stay as searched
     for n, c in confirmed.items():
         assert c["response_length"] == 64  # twice the search's 32 tokens
         # Longer greedy answers extend the shorter ones: refusals can only be added.
         assert c["refusal_rate"] >= trials[n]["metrics"]["refusal_rate"]
     # `export` choosing from the run directory by the same policy lands on the same trial.
-    from abliterate.cli.export import pick_record
+    from abliterate.cli.export import from_run_dir, pick_record
 
-    assert pick_record(trials, None, "min-kl-under:0.1")["number"] == chosen
+    records = from_run_dir(str(run_dir))[2]
+    assert pick_record(records, None, "min-kl-under:0.1")["number"] == chosen

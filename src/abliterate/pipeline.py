@@ -616,25 +616,34 @@ def candidate_from_record(record: dict) -> Candidate:
     cand = Candidate(
         record["number"], record["refusal_score"], record["kl_score"], m["refusal_rate"], m["kl"]
     )
-    confirmed = record.get("confirmed")
-    if confirmed:
-        return replace(cand, refusal_rate=confirmed["refusal_rate"],
-                       refusal_score=confirmed["refusal_score"])  # fmt: skip
-    return cand
+    return _confirmed(cand, record.get("confirmed"))
+
+
+def _confirmed(cand: Candidate, confirmed: dict | None) -> Candidate:
+    if not confirmed:
+        return cand
+    return replace(
+        cand, refusal_rate=confirmed["refusal_rate"], refusal_score=confirmed["refusal_score"]
+    )
+
+
+def with_confirmations(records: dict[int, dict], confirmed: dict[str, dict]) -> dict[int, dict]:
+    """Trial records with their re-measured figures (from confirmed.json or the study)."""
+    return {n: {**r, "confirmed": confirmed[str(n)]} if str(n) in confirmed else r
+            for n, r in records.items()}  # fmt: skip
 
 
 def confirm_choice(
     session: Session, study, cands: list[Candidate], policy: str, events: Events
 ) -> Candidate:
     """Choose by `policy`, re-measuring the picked trials with longer answers first (see
-    `select_confirmed`); what was re-measured is saved in the trial files and the study."""
+    `select_confirmed`); what was re-measured is saved in the run directory and the study."""
     s = session.settings
     assert session.evaluator is not None
     length = s.confirm_response_length or 2 * s.max_response_length
-    records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
 
     def confirm(c: Candidate) -> Candidate:
-        params = EditParams.from_dict(records[c.number]["params"])
+        params = EditParams.from_dict(session.run_dir.load_trial(c.number)["params"])
         session.editor.apply(plan(session.layout.writers, session.directions, params))
         try:
             rate = session.evaluator.harmful_refusal_rate(length)
@@ -645,19 +654,20 @@ def confirm_choice(
             f"re-measured trial {c.number} with {length}-token answers: refusals "
             f"{c.refusal_rate:.2f} -> {again.refusal_rate:.2f}"
         )
-        record = {**records[c.number], "confirmed": {
-            "refusal_rate": again.refusal_rate,
-            "refusal_score": again.refusal_score,
-            "response_length": length,
-        }}  # fmt: skip
-        session.run_dir.save_trial(record)
         return again
 
     chosen, confirmed = select_confirmed(cands, policy, confirm, s.confirm_trials)
     if confirmed:
-        saved = st.get_shared(study, "confirmed") or {}
-        saved.update({str(n): [c.refusal_rate, c.refusal_score] for n, c in confirmed.items()})
-        st.set_shared(study, "confirmed", saved)
+        entries = {
+            str(n): {
+                "refusal_rate": c.refusal_rate,
+                "refusal_score": c.refusal_score,
+                "response_length": length,
+            }
+            for n, c in confirmed.items()
+        }
+        session.run_dir.save_confirmed({**session.run_dir.load_confirmed(), **entries})
+        st.set_shared(study, "confirmed", {**(st.get_shared(study, "confirmed") or {}), **entries})
     if s.confirm_trials and not policy.startswith("trial:") and chosen.number not in confirmed:
         events.message(f"trial {chosen.number} was not re-measured: confirm_trials spent")
     return chosen
@@ -683,8 +693,5 @@ def candidates(study) -> list[Candidate]:
         cand = Candidate(
             t.number, t.values[0], t.values[1], m.get("refusal_rate", 1.0), m.get("kl", t.values[1])
         )
-        if str(t.number) in confirmed:
-            rate, score = confirmed[str(t.number)]
-            cand = replace(cand, refusal_rate=rate, refusal_score=score)
-        out.append(cand)
+        out.append(_confirmed(cand, confirmed.get(str(t.number))))
     return out

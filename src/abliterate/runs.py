@@ -122,6 +122,10 @@ class RunDir:
     def chosen_file(self) -> Path:
         return self.path / "chosen.json"
 
+    @property
+    def confirmed_file(self) -> Path:
+        return self.path / "confirmed.json"
+
     def trial_file(self, number: int) -> Path:
         return self.trials_dir / f"{number}.json"
 
@@ -191,6 +195,15 @@ class RunDir:
 
     def save_choice(self, number: int, policy: str) -> None:
         write_text(self.chosen_file, json.dumps({"trial": number, "policy": policy}))
+
+    def save_confirmed(self, confirmed: dict[str, dict[str, float]]) -> None:
+        """Trials re-measured before a choice, by trial number (trial files stay as the search
+        wrote them)."""
+        write_text(self.confirmed_file, json.dumps(confirmed, indent=2))
+
+    def load_confirmed(self) -> dict[str, dict[str, float]]:
+        path = self.confirmed_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     # -- trials ----------------------------------------------------------------------------
     def save_trial(self, record: dict[str, Any]) -> None:

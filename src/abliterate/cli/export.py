@@ -65,6 +65,7 @@ def from_run_dir(path: str):
     if stored is None:
         raise AbliterateError(f"{path} has no directions.safetensors: the run never got that far")
     records = {n: run_dir.load_trial(n) for n in run_dir.trial_numbers()}
+    records = pipeline.with_confirmations(records, run_dir.load_confirmed())
     return (
         settings,
         pipeline.directions_from_tensors(stored[0]),
@@ -94,7 +95,7 @@ def from_study(url: str, name: str):
     return (
         Settings.model_validate(saved),
         pipeline.directions_from_tensors(tensors),
-        records,
+        pipeline.with_confirmations(records, st.get_shared(study, "confirmed") or {}),
         st.get_shared(study, "base"),
     )
 
