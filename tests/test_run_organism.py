@@ -110,6 +110,9 @@ def test_interrupted_run_resumes_without_recomputing(organism_dir, tmp_path, sig
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env=env,
+        # A shell that starts a job in the background ignores SIGINT in it, and Python then
+        # never turns SIGINT into KeyboardInterrupt: give the child the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(run_dir / "trials" / "1.json", proc)
     first = {i: (run_dir / "trials" / f"{i}.json").read_bytes() for i in (0, 1)}
@@ -141,6 +144,8 @@ def test_choice_is_re_measured_with_longer_answers_and_export_agrees(organism_ru
     confirmed = {int(n): c for n, c in json.loads((run_dir / "confirmed.json").read_text()).items()}
     assert chosen in confirmed and 1 <= len(confirmed) <= 3
     assert not any("confirmed" in t for t in trials.values())  # trial files stay as searched
+    card = (organism_run / "chosen" / "README.md").read_text()
+    assert f"measured again with 64-token answers: {confirmed[chosen]['refusal_rate']:.3f}" in card
     for n, c in confirmed.items():
         assert c["response_length"] == 64  # twice the search's 32 tokens
         # Longer greedy answers extend the shorter ones: refusals can only be added.

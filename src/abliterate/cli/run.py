@@ -210,7 +210,7 @@ def choose_and_export(session: pipeline.Session, study) -> int:
         policy = settings.select or DEFAULT_POLICY
         events = pipeline.Events(message=lambda m: err.print(f"  {m}"))
         chosen = pipeline.confirm_choice(session, study, cands, policy, events)
-        records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
+        records = pipeline.with_confirmations(records, session.run_dir.load_confirmed())
         front = pareto_front(pipeline.candidates(study))
         out.print(front_table(front, records, chosen.number))
         err.print(f"chose trial {chosen.number} (policy {policy})")

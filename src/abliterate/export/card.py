@@ -21,6 +21,24 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}" if x < 0.01 else f"{x:.3f}"
 
 
+def measured_notes(settings, record: dict) -> str:
+    """What the in-search figures above rest on: a sample for over-refusal, and the longer
+    re-measurement the trial passed before it was chosen."""
+    notes = []
+    if settings.overrefusal_sample:
+        notes.append(
+            f"Over-refusal was answered on a seeded sample of {settings.overrefusal_sample} of "
+            "the harmless prompts (all of them when the set is smaller); KL reads all of them."
+        )
+    confirmed = record.get("confirmed")
+    if confirmed:
+        notes.append(
+            f"Before it was chosen, this trial's refusal rate was measured again with "
+            f"{confirmed['response_length']}-token answers: {confirmed['refusal_rate']:.3f}."
+        )
+    return "".join(f"\n{n}" for n in notes)
+
+
 def metrics_table(metrics: dict, base: dict) -> str:
     rows = ["| metric | base model | this model |", "| --- | --- | --- |"]
     for label, key in METRIC_ROWS:
@@ -98,7 +116,7 @@ strength of the edit per layer chosen by an automatic search (trial {record["num
 
 Evaluation prompts: harmful `{settings.harmful_eval_prompts.describe()}`, harmless
 `{settings.harmless_eval_prompts.describe()}`; greedy decoding, {settings.max_response_length}
-new tokens, refusals detected by markers.
+new tokens, refusals detected by markers.{measured_notes(settings, record)}
 
 ## Method
 
