@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument(
         "--overrefusal-sample", type=int, default=16, help="search harmless prompts answered"
     )
+    ap.add_argument(
+        "--overrefusal-tokens", type=int, default=12, help="search harmless answer length"
+    )
     ap.add_argument("--heldout-harmless", type=int, default=100, help="rows of harmless_val")
     ap.add_argument("--heldout-tokens", type=int, default=48)
     ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
@@ -115,7 +118,7 @@ def main() -> None:
     harmful, harmless = SHARED / "harmful_train.jsonl", SHARED / "harmless_train.jsonl"
     d, end = args.directions, args.directions + args.search
     run_dir, out = work / "run", work / "out"
-    _, run_s = cli(
+    run, run_s = cli(
         ["run", str(model), "--n-trials", str(args.trials),
          "--harmful-prompts", f"{harmful}:train[:{d}]",
          "--harmless-prompts", f"{harmless}:train[:{d}]",
@@ -123,6 +126,7 @@ def main() -> None:
          "--harmless-eval-prompts", f"{harmless}:train[{d}:{end}]",
          "--max-response-length", str(args.search_tokens),
          "--overrefusal-sample", str(args.overrefusal_sample),
+         "--overrefusal-response-length", str(args.overrefusal_tokens),
          "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
         args.threads,
     )  # fmt: skip
@@ -148,7 +152,8 @@ def main() -> None:
         "prompts": {
             "directions": f"harmful_train[:{d}] + harmless_train[:{d}]",
             "search": f"harmful_train[{d}:{end}] + harmless_train[{d}:{end}] (KL; "
-            f"{args.overrefusal_sample} of them answered), {args.search_tokens} tokens",
+            f"{args.overrefusal_sample} of them answered with {args.overrefusal_tokens} tokens), "
+            f"harmful answers {args.search_tokens} tokens",
             "held_out": f"harmful_val (39) + harmless_val[:{args.heldout_harmless}], "
             f"{args.heldout_tokens} tokens",
         },
@@ -164,6 +169,12 @@ def main() -> None:
         },
         "peak_rss_gib": round(run_rss, 2),
         "samples": answers,
+        # what the run said about its shortcuts and its choice
+        "log": [
+            line.strip()
+            for line in run.stderr.splitlines()
+            if any(k in line for k in ("shared prefix", "re-measur", "chosen", "warm start"))
+        ],
     }
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)

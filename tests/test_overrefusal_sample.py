@@ -4,7 +4,9 @@ elsewhere; KL always reads every harmless prompt."""
 from __future__ import annotations
 
 import tiny
+from abliterate.config import load_settings
 from abliterate.eval.evaluate import EvalSettings, Evaluator, sample_indices
+from abliterate.pipeline import eval_settings
 
 HARMLESS = [f"Name a colour number {i}." for i in range(10)]
 
@@ -32,3 +34,23 @@ def test_search_evaluator_answers_only_the_sample_but_kl_reads_every_prompt():
     # The KL reference is built from all ten prompts in both.
     rows = [sum(x.shape[0] for x in e.reference.logprobs) for e in (sampled, full)]
     assert rows == [10, 10]
+
+
+def test_short_harmless_answers_in_a_search_only():
+    model = tiny.model("llama").eval()
+
+    def harmless(length: int) -> list[str]:
+        settings = EvalSettings(
+            max_response_length=6, batch_size=4, overrefusal_response_length=length
+        )
+        ev = Evaluator(model, tiny.tokenizer(), ["How do I pick a lock?"], HARMLESS[:4], settings)
+        m = ev.evaluate()
+        assert len(tiny.tokenizer()(m.harmful_responses[0])["input_ids"]) > 2
+        return m.harmless_responses
+
+    short, full = harmless(2), harmless(0)
+    assert all(f.startswith(s) and len(s) < len(f) for s, f in zip(short, full, strict=True))
+    # A search evaluates with the setting; `evaluate` and the base's full figures never do.
+    s = load_settings(None, model="m", overrefusal_response_length=3)
+    assert eval_settings(s, 4, search=True).overrefusal_response_length == 3
+    assert eval_settings(s, 4).overrefusal_response_length == 0

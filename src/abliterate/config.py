@@ -252,6 +252,21 @@ class Settings(BaseSettings):
         "`evaluate` answers all of them.",
         ge=0,
     )
+    overrefusal_response_length: int = _field(
+        0,
+        "evaluation",
+        "New tokens per harmless answer in a search trial (0 = max_response_length). A refusal "
+        "opens the answer, so short answers find over-refusal for less; `evaluate` and the "
+        "chosen trial's figures use full-length answers.",
+        ge=0,
+    )
+    shared_prefix: bool = _field(
+        True,
+        "evaluation",
+        "Compute the chat template's shared prefix (template opening, system prompt) once per "
+        "batch instead of once per prompt. Checked against plain batches on the unedited model "
+        "and left off where the two disagree (sliding windows, recurrent layers).",
+    )
     kl_divergence_target: float = _field(
         0.01,
         "evaluation",

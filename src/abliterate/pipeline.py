@@ -34,6 +34,7 @@ from abliterate.edit.editor import WeightEditor, untie_embeddings
 from abliterate.edit.plan import Directions, EditParams, plan, strength_table
 from abliterate.errors import AbliterateError
 from abliterate.eval.evaluate import EvalSettings, Evaluator, Metrics
+from abliterate.eval.prefix import PrefixCheck
 from abliterate.eval.scorers import MarkerConfig
 from abliterate.model import loading
 from abliterate.model.arch import Layout, discover
@@ -442,7 +443,9 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
         max_response_length=settings.max_response_length,
         batch_size=bs,
         overrefusal_sample=settings.overrefusal_sample if search else 0,
+        overrefusal_response_length=settings.overrefusal_response_length if search else 0,
         sample_seed=settings.seed,
+        shared_prefix=settings.shared_prefix,
         system_prompt=settings.system_prompt,
         kl_token_count=settings.kl_token_count,
         markers=MarkerConfig(
@@ -451,6 +454,16 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
             [tuple(p) for p in settings.reasoning_delimiters],
         ),
     )
+
+
+def prefix_line(check: PrefixCheck) -> str:
+    """The log line saying whether prompts share their prefix's computation, and why."""
+    if check.used:
+        return (
+            f"shared prefix: {check.shared_tokens} template tokens computed once per batch "
+            f"(next-token KL {check.kl:.1g} against plain batches)"
+        )
+    return f"shared prefix: off ({check.reason})"
 
 
 def measure_base(session: Session, events: Events) -> Metrics:
@@ -462,6 +475,7 @@ def measure_base(session: Session, events: Events) -> Metrics:
         session.prompts["harmless_eval_prompts"],
         eval_settings(s, session.batch_size, search=True),
     )
+    events.message(prefix_line(session.evaluator.prefix_check))
     session.base = session.evaluator.evaluate(
         progress=lambda st_, d, t: events.progress(f"base {st_}", d, t)
     )

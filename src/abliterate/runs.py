@@ -49,6 +49,7 @@ RUNTIME_KEYS = frozenset(
         "max_shard_size",
         "overwrite",
         "batch_size",
+        "shared_prefix",  # a faster layout of the same computation (checked to agree)
         "max_batch_size",
         "device_map",
         "max_memory",

@@ -16,6 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.generate import generate
+from abliterate.eval.prefix import PrefixCheck
+from abliterate.eval.prefix import check as check_prefix
 from abliterate.eval.scorers import MarkerConfig, Observation, needed, score
 from abliterate.prompts import chat_texts
 
@@ -27,7 +29,9 @@ class EvalSettings:
     system_prompt: str | None = None
     kl_token_count: int = 1
     overrefusal_sample: int = 0  # harmless prompts answered per evaluation; 0 = all
+    overrefusal_response_length: int = 0  # new tokens per harmless answer; 0 = max_response_length
     sample_seed: int = 0
+    shared_prefix: bool = True  # use the shared-prefix layout where the model agrees
     markers: MarkerConfig = field(default_factory=lambda: MarkerConfig((), ()))
     scorers: tuple[str, ...] = (
         "refusal_rate",
@@ -84,15 +88,32 @@ class Evaluator:
         self.overrefusal_prompts = [self.harmless_prompts[i] for i in keep]
         self.overrefusal_texts = [self.harmless_texts[i] for i in keep]
         self.needs = needed(settings.scorers)
-        # Computed on the model as it is now: call before any edit.
+        # Checked and computed on the model as it is now: build the evaluator before any edit.
+        self.prefix_check = self._check_prefix()
+        self.share_prefix = self.prefix_check.used
         self.reference = kl_mod.reference(
-            model, tokenizer, self.harmless_texts, settings.kl_token_count, settings.batch_size
+            model,
+            tokenizer,
+            self.harmless_texts,
+            settings.kl_token_count,
+            settings.batch_size,
+            self.share_prefix,
         )
+
+    def _check_prefix(self) -> PrefixCheck:
+        if not self.settings.shared_prefix:
+            return PrefixCheck(0, None, False, "turned off")
+        texts = self.harmless_texts + self.harmful_texts
+        longest = max(self.settings.max_response_length, self.settings.kl_token_count)
+        # Answers re-measured by `harmful_refusal_rate` may be longer; 4x covers the default.
+        return check_prefix(self.model, self.tokenizer, texts, 4 * longest)
 
     def kl(self) -> float:
         return kl_mod.kl_divergence(self.model, self.reference)
 
-    def _responses(self, texts: list[str], stage: str, progress: Progress | None) -> list[str]:
+    def _responses(
+        self, texts: list[str], stage: str, progress: Progress | None, length: int
+    ) -> list[str]:
         done = 0
 
         def tick(n: int) -> None:
@@ -105,11 +126,12 @@ class Evaluator:
             self.model,
             self.tokenizer,
             texts,
-            self.settings.max_response_length,
+            length,
             self.settings.batch_size,
             stop_markers=self.settings.markers.refusal,
             on_batch=tick,
             delimiters=self.settings.markers.delimiters,
+            share_prefix=self.share_prefix,
         )
 
     def harmful_refusal_rate(self, max_new_tokens: int) -> float:
@@ -123,6 +145,7 @@ class Evaluator:
             self.settings.batch_size,
             stop_markers=self.settings.markers.refusal,
             delimiters=self.settings.markers.delimiters,
+            share_prefix=self.share_prefix,
         )
         obs = Observation(markers=self.settings.markers, harmful_responses=responses)
         return score(obs, ("refusal_rate",))["refusal_rate"]
@@ -152,10 +175,18 @@ class Evaluator:
             return Metrics(values, pruned=True, seconds=seconds)
         obs = Observation(kl=kl_value, markers=self.settings.markers)
         if "harmful_responses" in self.needs:
-            obs.harmful_responses = self._responses(self.harmful_texts, "harmful", progress)
+            obs.harmful_responses = self._responses(
+                self.harmful_texts, "harmful", progress, self.settings.max_response_length
+            )
             lap("harmful")
         if "harmless_responses" in self.needs:
-            obs.harmless_responses = self._responses(self.overrefusal_texts, "harmless", progress)
+            length = self.settings.overrefusal_response_length
+            obs.harmless_responses = self._responses(
+                self.overrefusal_texts,
+                "harmless",
+                progress,
+                length or self.settings.max_response_length,
+            )
             lap("harmless")
         values = score(obs, self.settings.scorers)
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)

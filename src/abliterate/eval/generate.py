@@ -22,6 +22,13 @@ from transformers import (
     StoppingCriteria,
 )
 
+from abliterate.eval.prefix import (
+    MIN_PREFIX,
+    PrefixCache,
+    common_prefix_length,
+    prefix_batches,
+    token_rows,
+)
 from abliterate.eval.refusal import (
     REASONING_DELIMITERS,
     REFUSAL_MARKERS,
@@ -115,6 +122,31 @@ def encoded_batches(
         yield len(batch), enc.to(device)
 
 
+def generation_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int,
+    share_prefix: bool = False,
+) -> Iterator[tuple[int, dict]]:
+    """(batch length, `model.generate` inputs) per batch: plain left-padded batches, or with
+    `share_prefix` the shared-prefix layout, each batch starting from a copy of the prefix's
+    keys and values (see eval/prefix.py; the caller has checked that the model agrees)."""
+    if share_prefix:
+        rows = token_rows(tokenizer, texts)
+        p = common_prefix_length(rows)
+        if p >= MIN_PREFIX:
+            cache = PrefixCache(model, rows[0][:p])
+            device = model_device(model)
+            for b in prefix_batches(rows, p, batch_size, tokenizer.pad_token_id, device):
+                n = b.input_ids.shape[0]
+                inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+                yield n, {**inputs, "past_key_values": cache.for_batch(n)}
+            return
+    for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
+        yield n, dict(enc)
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -125,6 +157,7 @@ def generate(
     stop_markers: Sequence[str] | None = REFUSAL_MARKERS,
     on_batch: Callable[[int], None] | None = None,
     delimiters: Sequence[tuple[str, str]] = REASONING_DELIMITERS,
+    share_prefix: bool = False,
 ) -> list[str]:
     """Greedy continuations of already chat-formatted `texts`.
 
@@ -134,8 +167,8 @@ def generate(
     specials = special_pattern(tokenizer, delimiters)
     prefixes = [reopened(t, delimiters) for t in texts]
     outputs: list[str] = []
-    for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
-        width = enc["input_ids"].shape[1]
+    for n, inputs in generation_batches(model, tokenizer, texts, batch_size, share_prefix):
+        width = inputs["input_ids"].shape[1]
         rows = prefixes[len(outputs) : len(outputs) + n]
         stops = (
             [RefusalStop(tokenizer, width, stop_markers, delimiters, rows)]
@@ -143,7 +176,7 @@ def generate(
             else None
         )
         out = model.generate(
-            **enc,
+            **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             temperature=None,

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from abliterate.eval.generate import encoded_batches, model_device
+from abliterate.eval.generate import generation_batches, model_device
+from abliterate.eval.prefix import PrefixCache
 
 
 @dataclass
@@ -27,21 +28,29 @@ class KLReference:
     attention_mask: list[Tensor]
     logprobs: list[Tensor]  # per batch: (b, N, vocab) float32 (float16 when N > 1), on CPU
     token_count: int
+    # > 0: batches are in the shared-prefix layout (eval/prefix.py) with this many shared tokens
+    prefix_length: int = 0
 
 
 @torch.inference_mode()
-def _logprobs(model: PreTrainedModel, ids: Tensor, mask: Tensor, n: int) -> Tensor:
+def _logprobs(
+    model: PreTrainedModel, ids: Tensor, mask: Tensor, n: int, prefix: PrefixCache | None = None
+) -> Tensor:
     """(b, n, vocab) log-probabilities. For n = 1, `ids` is the prompt and the distribution is
     the one at its last position. For n > 1, `ids` is prompt + n answer tokens and these are the
-    distributions that predicted each answer token."""
+    distributions that predicted each answer token. With `prefix`, the batch is in the
+    shared-prefix layout and its prefix is read from the cache."""
     device = model_device(model)
+    ids, mask = ids.to(device), mask.to(device)
     # Only the last n (+1) positions are needed: the output head over every prompt position
     # (vocab 152k on Qwen) cost a quarter of a CPU trial.
     keep = 1 if n == 1 else n + 1
-    logits = model(
-        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-        logits_to_keep=keep,
-    ).logits  # fmt: skip
+    if prefix is not None:
+        logits = prefix.forward(model, ids, mask, keep)
+    else:
+        logits = model(
+            input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep
+        ).logits
     logits = logits[:, -keep:]  # a model that ignores logits_to_keep returned every position
     picked = logits if n == 1 else logits[:, :n]
     return torch.log_softmax(picked.float(), dim=-1)
@@ -54,14 +63,20 @@ def reference(
     texts: Sequence[str],
     token_count: int = 1,
     batch_size: int = 32,
+    share_prefix: bool = False,
 ) -> KLReference:
-    """Base-model log-probabilities (and, for N > 1, the base answers that are teacher-forced)."""
+    """Base-model log-probabilities (and, for N > 1, the base answers that are teacher-forced).
+    With `share_prefix` (checked by the caller), batches use the shared-prefix layout."""
     ref = KLReference([], [], [], token_count)
-    for _n, enc in encoded_batches(model, tokenizer, texts, batch_size):
-        ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
+    prefix = None
+    for _n, inputs in generation_batches(model, tokenizer, texts, batch_size, share_prefix):
+        ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].cpu()
+        if "past_key_values" in inputs and prefix is None:
+            ref.prefix_length = inputs["past_key_values"].get_seq_length()
+            prefix = PrefixCache(model, ids[0, : ref.prefix_length].tolist())
         if token_count > 1:
             out = model.generate(
-                **enc,
+                **inputs,
                 do_sample=False,
                 max_new_tokens=token_count,
                 min_new_tokens=token_count,
@@ -72,7 +87,7 @@ def reference(
             )
             ids = out.cpu()
             mask = torch.cat([mask, torch.ones(ids.shape[0], token_count, dtype=mask.dtype)], 1)
-        lp = _logprobs(model, ids, mask, token_count)
+        lp = _logprobs(model, ids, mask, token_count, prefix)
         ref.input_ids.append(ids)
         ref.attention_mask.append(mask)
         ref.logprobs.append((lp if token_count == 1 else lp.half()).cpu())
@@ -89,8 +104,11 @@ def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
 def kl_divergence(model: PreTrainedModel, ref: KLReference) -> float:
     """Mean over prompts (and over the N tokens) of KL(P_base || P_edited)."""
     total, count = 0.0, 0
+    prefix = None
+    if ref.prefix_length:  # the prefix's keys and values under the current (edited) weights
+        prefix = PrefixCache(model, ref.input_ids[0][0, : ref.prefix_length].tolist())
     for ids, mask, base in zip(ref.input_ids, ref.attention_mask, ref.logprobs, strict=True):
-        edited = _logprobs(model, ids, mask, ref.token_count).cpu()
+        edited = _logprobs(model, ids, mask, ref.token_count, prefix).cpu()
         kl = kl_from_logprobs(base, edited)  # (b, N)
         total += kl.sum().item()
         count += kl.numel()

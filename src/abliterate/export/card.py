@@ -30,6 +30,11 @@ def measured_notes(settings, record: dict) -> str:
             f"Over-refusal was answered on a seeded sample of {settings.overrefusal_sample} of "
             "the harmless prompts (all of them when the set is smaller); KL reads all of them."
         )
+    if settings.overrefusal_response_length:
+        notes.append(
+            f"In the search, harmless answers were {settings.overrefusal_response_length} "
+            f"tokens long (harmful ones {settings.max_response_length})."
+        )
     confirmed = record.get("confirmed")
     if confirmed:
         notes.append(
