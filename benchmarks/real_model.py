@@ -40,7 +40,8 @@ from abliterate.model import gguf  # noqa: E402
 
 
 def cli(args: list[str], threads: int) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # COLUMNS: the log is not a terminal; wide lines keep each message on one line
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "200"}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "abliterate.cli.main", *args],
