@@ -6,7 +6,7 @@ prefill only runs over the tokens that differ.
 A batch is laid out as [shared prefix | left padding | the row's own tokens]: the padding sits
 in the middle, which the attention mask hides, and positions are counted over unmasked tokens
 only, so each row sees exactly the sequence it would see alone. Whether a model computes the
-same thing this way is not assumed: `agrees` measures it on the unedited model and the caller
+same thing this way is not assumed: `check` measures it on the unedited model and the caller
 falls back to plain batches where it does not (recurrent layers, sliding windows shorter than
 the prompts, remote code).
 """
