@@ -9,11 +9,15 @@ in `json_schema_extra`) only for documentation: `config.default.toml` and `--hel
 from __future__ import annotations
 
 import contextvars
+import difflib
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -24,6 +28,17 @@ from pydantic_settings import (
 
 from abliterate.errors import AbliterateError
 from abliterate.eval.refusal import HEDGE_MARKERS, REASONING_DELIMITERS, REFUSAL_MARKERS
+
+# Titles of the setting groups, in --help and config.default.toml.
+GROUP_TITLES = {
+    "model": "model loading",
+    "prompts": "prompt sets",
+    "directions": "refusal directions",
+    "edit": "weight edit",
+    "search": "search",
+    "evaluation": "evaluation",
+    "run": "run directory and output",
+}
 
 Component = Literal["attn_out", "mlp_down", "embed"]
 COMPONENTS: tuple[str, ...] = ("attn_out", "mlp_down", "embed")
@@ -445,7 +460,6 @@ def export_kinds(spec: str) -> tuple[str, ...]:
 
 def redact(text: str) -> str:
     """`text` with the password of any URL in it masked: `postgresql://user:***@host/db`."""
-    from urllib.parse import urlsplit
 
     def mask(m: re.Match) -> str:
         try:
@@ -492,7 +506,6 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
 def _unknown_key(loc: tuple, model: type[BaseModel]) -> str:
     """`unknown setting n_trails (did you mean n_trials?)`, for a typo in a TOML file, an
     environment variable or a table such as [harmful_prompts]."""
-    import difflib
 
     fields: dict[str, Any] = dict(model.model_fields)
     for part in loc[:-1]:  # descend into a nested table
@@ -512,10 +525,6 @@ def field_group(name: str) -> str:
 
 def default_toml() -> str:
     """The text of config.default.toml: every setting with its default and description."""
-    import tomli_w
-
-    from abliterate.cli.flags import GROUP_TITLES
-
     lines = [
         "# abliterate settings with their defaults. Copy the keys you want to change into your",
         "# own file and pass it with --config. Environment variables ABLITERATE_<NAME> and",
@@ -547,8 +556,6 @@ def default_toml() -> str:
 
 
 def _wrap(text: str | None, width: int = 96) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text or "", width)
 
 

@@ -12,17 +12,7 @@ import json
 import typing
 from typing import Any
 
-from abliterate.config import PromptSet, Settings, field_group
-
-GROUP_TITLES = {
-    "model": "model loading",
-    "prompts": "prompt sets",
-    "directions": "refusal directions",
-    "edit": "weight edit",
-    "search": "search",
-    "evaluation": "evaluation",
-    "run": "run directory and output",
-}
+from abliterate.config import GROUP_TITLES, PromptSet, Settings, field_group
 
 
 def _flag(name: str) -> str:
