@@ -9,6 +9,7 @@ from torch import nn
 import tiny
 from abliterate.edit.check import check_writes, remaining_writes
 from abliterate.edit.editor import WeightEditor
+from abliterate.edit.orthogonalize import canonical
 from abliterate.edit.plan import WriterEdit
 from abliterate.model.arch import ArchitectureError, discover
 
@@ -123,6 +124,22 @@ def test_reset_is_bitwise_after_many_edits(family):
     editor.reset()
     for k, v in model.state_dict().items():
         assert torch.equal(before[k], v), k
+
+
+def test_applied_edits_inside_the_block_and_restores_on_error():
+    model = tiny.model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layout = discover(model)
+    editor = WeightEditor(layout)
+    v = torch.nn.functional.normalize(torch.randn(tiny.HIDDEN), dim=0)
+    edits = [WriterEdit(w, v, 1.0) for w in layout.writers if w.layer >= 0]
+    with pytest.raises(RuntimeError, match="inside"), editor.applied(edits):
+        w = edits[0].writer
+        written = canonical(w.weight, w.out_axis)
+        assert float((v @ written).abs().max()) < 1e-5  # the direction is gone from its output
+        raise RuntimeError("inside")
+    for k, t in model.state_dict().items():
+        assert torch.equal(before[k], t), k
 
 
 def test_apply_does_not_compound():

@@ -105,11 +105,8 @@ def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
         edits = plan(
             session.layout.writers, session.directions, EditParams.from_dict(record["params"])
         )
-        session.editor.apply(edits)
-        try:
+        with session.editor.applied(edits):
             edited = answers()
-        finally:
-            session.editor.reset()
         trials.append(
             {
                 "number": record["number"],

@@ -295,9 +295,6 @@ def _before_after(settings, model, tok, layout, directions, params) -> dict:
     )
     before = evaluator.evaluate().values
     editor = WeightEditor(layout, settings.row_normalization, settings.full_normalization_rank)
-    editor.apply(plan(layout.writers, directions, params))
-    try:
+    with editor.applied(plan(layout.writers, directions, params)):
         after = evaluator.evaluate().values
-    finally:
-        editor.reset()
     return {"before": before, "after": after}

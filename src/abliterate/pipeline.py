@@ -522,13 +522,12 @@ def evaluate_params(session: Session, params: EditParams) -> tuple[Metrics, dict
     """Apply, evaluate, reset. Returns the metrics and the time of each part."""
     assert session.evaluator is not None and session.base is not None
     t0 = time.perf_counter()
-    session.editor.apply(plan(session.layout.writers, session.directions, params))
-    t1 = time.perf_counter()
-    metrics = session.evaluator.evaluate(
-        prune_kl=session.settings.kl_prune_threshold, fallback=session.base
-    )
-    t2 = time.perf_counter()
-    session.editor.reset()
+    with session.editor.applied(plan(session.layout.writers, session.directions, params)):
+        t1 = time.perf_counter()
+        metrics = session.evaluator.evaluate(
+            prune_kl=session.settings.kl_prune_threshold, fallback=session.base
+        )
+        t2 = time.perf_counter()
     t3 = time.perf_counter()
     parts = {f"evaluate_{k}": v for k, v in metrics.seconds.items()}
     timing = {"edit": t1 - t0, "evaluate": t2 - t1, **parts, "reset": t3 - t2}
@@ -597,8 +596,7 @@ def search(session: Session, events: Events) -> None:
             with st.heartbeat(trial):
                 params = suggest(trial, space)
                 metrics, timing = evaluate_params(session, params)
-        except BaseException:
-            session.editor.reset()
+        except BaseException:  # the edit is already undone (editor.applied)
             st.abandon(study, trial)
             raise
         record = trial_record(session, trial.number, params, metrics, timing)
@@ -658,11 +656,8 @@ def confirm_choice(
 
     def confirm(c: Candidate) -> Candidate:
         params = EditParams.from_dict(session.run_dir.load_trial(c.number)["params"])
-        session.editor.apply(plan(session.layout.writers, session.directions, params))
-        try:
+        with session.editor.applied(plan(session.layout.writers, session.directions, params)):
             rate = session.evaluator.harmful_refusal_rate(length)
-        finally:
-            session.editor.reset()
         again = with_refusal_rate(c, rate, session.base_refusal_rate)
         events.message(
             f"re-measured trial {c.number} with {length}-token answers: refusals "

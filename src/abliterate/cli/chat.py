@@ -66,16 +66,12 @@ def chat_with_trial(
     from abliterate.chat import Conversation
     from abliterate.edit.plan import EditParams, plan
 
-    session.editor.apply(
-        plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
-    )
-    try:
+    edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
+    with session.editor.applied(edits):
         repl(
             Conversation(session.model, session.tokenizer, system_prompt, max_new_tokens),
             f"{session.settings.model} + trial {record['number']}",
         )
-    finally:
-        session.editor.reset()
 
 
 def repl(conversation, name: str) -> None:

@@ -53,11 +53,8 @@ def remaining_writes(
     before = _updates(model, layout, ids)
     dirs = [u.mean(0) / torch.linalg.vector_norm(u.mean(0)) for u in before]
     edits = [WriterEdit(w, dirs[w.layer], 1.0) for w in layout.writers if w.layer >= 0]
-    editor.apply(edits)
-    try:
+    with editor.applied(edits):
         after = _updates(model, layout, ids)
-    finally:
-        editor.reset()
     return [
         float((a @ v).abs().mean() / (b @ v).abs().mean().clamp_min(1e-30))
         for a, b, v in zip(after, before, dirs, strict=True)

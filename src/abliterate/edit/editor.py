@@ -23,6 +23,9 @@ the result is the same model and the reset is just as exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from accelerate.hooks import AlignDevicesHook, ModelHook, SequentialHook, add_hook_to_module
 from accelerate.utils import set_module_tensor_to_device
@@ -164,6 +167,16 @@ class WeightEditor:
             if w.name in self._dirty and w.name not in touched:
                 self._restore(w)
         self._dirty = touched
+
+    @contextmanager
+    def applied(self, edits: list[WriterEdit]) -> Iterator[None]:
+        """`with editor.applied(edits):` the model carries the edits inside the block and is
+        restored exactly when it ends, by an exception too. The one way to try an edit."""
+        self.apply(edits)
+        try:
+            yield
+        finally:
+            self.reset()
 
     @torch.no_grad()
     def reset(self) -> None:

@@ -36,15 +36,11 @@ def export_merged(
             "in its weights; export without --no-stream (it reads the full-precision checkpoint)"
         )
     edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
-    session.editor.apply(edits)
-    try:
-        with atomic_directory(output, overwrite) as tmp:
-            session.model.save_pretrained(tmp, max_shard_size=max_shard_size)
-            # The tokenizer as shipped, not the session's one set up for batched generation.
-            load_tokenizer(
-                s.model, s.chat_template, s.trust_remote_code, batching=False
-            ).save_pretrained(tmp)
-            write_metadata(tmp, s, record, edits, base, model_card(s, record, base, "merged"))
-    finally:
-        session.editor.reset()
+    with session.editor.applied(edits), atomic_directory(output, overwrite) as tmp:
+        session.model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        # The tokenizer as shipped, not the session's one set up for batched generation.
+        load_tokenizer(
+            s.model, s.chat_template, s.trust_remote_code, batching=False
+        ).save_pretrained(tmp)
+        write_metadata(tmp, s, record, edits, base, model_card(s, record, base, "merged"))
     return Path(output)
