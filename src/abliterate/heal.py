@@ -22,6 +22,11 @@ from abliterate.atomic import atomic_directory
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
 from abliterate.guard import check_output, source_paths
+from abliterate.runs import to_toml, tomllib
+
+# Modules that import torch, transformers or the heal extra (trl, peft, datasets) are imported
+# inside the functions that use them: `abliterate --help` imports this module for HealSettings
+# and must not pay for torch.
 
 
 class HealSettings(BaseSettings):
@@ -133,13 +138,9 @@ def heal(
     """DPO-heal `model_path` into `output`; returns losses and metrics before and after."""
     _require_trl()
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
 
     from abliterate.evaluation import evaluate_against_base
-    from abliterate.model.loading import resolve
+    from abliterate.model.loading import load_tokenizer, resolve
 
     resolve(model_path)
     check_output(output, overwrite, source_paths(model_path))
@@ -152,23 +153,58 @@ def heal(
         before = evaluate_against_base(eval_settings, model_path, base, message)["metrics"]
     message(f"healing {model_path} on {len(pairs)} preference pairs")
 
+    checkpoints = output.parent / f".{output.name}.checkpoints"
+    trainer = _trainer(model_path, cfg, pairs, checkpoints)
+    resume = _last_checkpoint(checkpoints)
+    if resume:
+        message(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    trainer.model.eval()
+    after = {}
+    if eval_settings:
+        # The evaluation's own tokenizer set-up (left padding, pad fallback), not TRL's.
+        tok = load_tokenizer(model_path, eval_settings.chat_template)
+        after = evaluate_against_base(
+            eval_settings, model_path, base, message, loaded=(trainer.model, tok)
+        )["metrics"]
+    record = {
+        "model": model_path,
+        "base": base,
+        "dataset": cfg.dataset,
+        "pairs": len(pairs),
+        "settings": cfg.model_dump(),
+        "losses": losses,
+        "before": before,
+        "after": after,
+    }
+    _save(trainer, model_path, output, overwrite, cfg, checkpoints, record)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return record
+
+
+def _trainer(model_path: str, cfg: HealSettings, pairs: list[dict], checkpoints: Path):
+    """TRL's DPOTrainer over a LoRA of every linear layer, checkpointing into `checkpoints`."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from abliterate.model.loading import quantization_config
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    quant = None
-    if cfg.load_in_4bit:
-        from abliterate.model.loading import quantization_config
-
-        quant = quantization_config("bnb_4bit")
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         dtype=torch.bfloat16 if cuda else torch.float32,
-        quantization_config=quant,
+        quantization_config=quantization_config("bnb_4bit") if cfg.load_in_4bit else None,
         device_map="auto" if cuda else None,
         use_safetensors=True,  # never unpickle a checkpoint (it can run code)
     )
-    checkpoints = output.parent / f".{output.name}.checkpoints"
     args = DPOConfig(
         output_dir=str(checkpoints),
         learning_rate=cfg.learning_rate,
@@ -194,33 +230,24 @@ def heal(
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    trainer = DPOTrainer(
+    return DPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    resume = _last_checkpoint(checkpoints)
-    if resume:
-        message(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
-    trainer.model.eval()
-    after = {}
-    if eval_settings:
-        from abliterate.model.loading import load_tokenizer
 
-        # The evaluation's own tokenizer set-up (left padding, pad fallback), not TRL's.
-        tok = load_tokenizer(model_path, eval_settings.chat_template)
-        after = evaluate_against_base(
-            eval_settings, model_path, base, message, loaded=(trainer.model, tok)
-        )["metrics"]
+def _save(trainer, model_path, output, overwrite, cfg, checkpoints: Path, record: dict) -> None:
+    """The healed model (merged, or the adapter alone), its tokenizer, metadata and card,
+    written atomically into `output`."""
+    from transformers import AutoTokenizer
+
     with atomic_directory(output, overwrite) as tmp:
         if cfg.export == "adapter":
             trainer.model.save_pretrained(tmp)
-        elif quant is not None:
+        elif cfg.load_in_4bit:
             # QLoRA: the adapter was trained against 4-bit weights; merge it onto the base in
             # full precision, as merging into 4-bit weights would round the edit away.
             trainer.model.save_pretrained(checkpoints / "final-adapter")
@@ -229,20 +256,8 @@ def heal(
             trainer.model.merge_and_unload().save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
         _copy_metadata(Path(model_path), tmp)
-        record = {
-            "model": model_path,
-            "base": base,
-            "dataset": cfg.dataset,
-            "pairs": len(pairs),
-            "settings": cfg.model_dump(),
-            "losses": losses,
-            "before": before,
-            "after": after,
-        }
         (tmp / "heal.json").write_text(json.dumps(record, indent=2))
         _update_card(tmp, record)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return record
 
 
 def merge_full_precision(model_path: str, adapter: Path):
@@ -270,8 +285,6 @@ def _last_checkpoint(directory: Path) -> str | None:
 
 def _original_base(model_path: str) -> str | None:
     """The model an abliterate export was made from (its abliterate.toml), for KL."""
-    from abliterate.runs import tomllib
-
     path = Path(model_path) / "abliterate.toml"
     if path.is_file():
         return tomllib.loads(path.read_text()).get("model")
@@ -280,7 +293,6 @@ def _original_base(model_path: str) -> str | None:
 
 def _copy_metadata(source: Path, target: Path) -> None:
     from abliterate.export.metadata import public_dict
-    from abliterate.runs import to_toml, tomllib
 
     for name in ("trial.json", "README.md"):
         if (source / name).is_file():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from abliterate.atomic import atomic_directory
 from abliterate.config import EXPORT_CHOICES, Settings, export_kinds
-from abliterate.edit.plan import Directions, EditParams, plan
+from abliterate.edit.plan import Directions, EditParams, WriterEdit, plan
 from abliterate.errors import AbliterateError
 from abliterate.export.adapter import write_adapter
 from abliterate.export.card import model_card
@@ -37,7 +36,7 @@ from abliterate.export.stream import (
 )
 from abliterate.guard import check_output, source_paths
 from abliterate.model import gguf, loading
-from abliterate.model.arch import discover
+from abliterate.model.arch import Layout, discover
 from abliterate.runs import RunDir
 
 KINDS = EXPORT_CHOICES
@@ -141,71 +140,124 @@ def export_trial(
     except ValueError as exc:
         raise AbliterateError(str(exc)) from None
     check_output(output, overwrite, protected_paths(settings, run_dir))
-    source = local_source(settings.model)
-    gguf_source = gguf.source_of(source)
-    warnings: list[str] = []
-    if "gguf" in kinds and gguf_source is None:
-        kinds = tuple(k for k in kinds if k != "gguf")
-        kinds = kinds if "merged" in kinds else ("merged", *kinds)
-        warnings.append(
-            "a GGUF export needs a GGUF source model; wrote merged safetensors instead. Convert "
-            "them with llama.cpp: python convert_hf_to_gguf.py MERGED_DIR --outtype q8_0"
-        )
-    model = meta_model(source, settings.trust_remote_code)
-    layout = discover(model)
-    names = CheckpointNames(model)
-    files = shard_files(source)
-    edits = plan(layout.writers, directions, EditParams.from_dict(record["params"]))
-    gains = gains_from_checkpoint(model, layout, files, names)
-
-    def resolved():  # a fresh set per pass over source files: each pass records what it found
-        return resolve(edits, gains, settings.row_normalization, settings.full_normalization_rank)
-
-    untie = _untie(model, any(e.writer.component == "embed" for e in edits))
+    job = _job(settings, directions, record, base, on_progress)
+    kinds, warnings = _possible_kinds(kinds, job.gguf_source)
     with atomic_directory(output, overwrite) as tmp:
         dirs = {k: tmp / k if len(kinds) > 1 else tmp for k in kinds}
         for d in dirs.values():
             d.mkdir(exist_ok=True)
-        card = partial(_write_metadata, settings, record, edits, base)
         if "merged" in dirs or "adapter" in dirs:
-            found = resolved()
-            merged = dirs.get("merged")
+            found = job.resolved()
             stream_export(
-                source, layout, names, found, merged, parse_size(max_shard_size),
-                untie_output_name=untie, on_tensor=on_progress,
+                job.source, job.layout, job.names, found, dirs.get("merged"),
+                parse_size(max_shard_size), untie_output_name=job.untie, on_tensor=on_progress,
             )  # fmt: skip
-            if merged is not None:
-                left_out = copy_side_files(source, merged)
-                if left_out:
-                    more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
-                    warnings.append(
-                        "not copied from the source (only config, tokenizer, chat template, "
-                        f"licence and README files travel): {', '.join(left_out[:8])}{more}"
-                    )
-                if untie:
-                    _write_config_untied(merged)
-                _chat_template(settings, merged)
-                card(merged, "merged")
+            if "merged" in dirs:
+                warnings += _finish_merged(job, dirs["merged"])
             if "adapter" in dirs:
-                base_id = str(source) if gguf_source else settings.model
-                notes = write_adapter(dirs["adapter"], found, base_id)
-                warnings += notes
-                card(dirs["adapter"], "adapter", "".join(f"\n> Note: {w}\n" for w in notes))
-        report = None
-        if "gguf" in dirs:
-            assert gguf_source is not None
-            report = write_gguf(
-                gguf_source,
-                dirs["gguf"] / output_name(gguf_source, settings.gguf_type),
-                resolved(),
-                tensor_names(model),
-                settings.gguf_type,
-                {"trial": record["number"], "params": record["params"]},
-                untie=untie is not None,
-                on_tensor=on_progress,
-            )
-            card(dirs["gguf"], "gguf", gguf_note(report, settings.gguf_type))
-    final = Path(output)
+                warnings += _write_adapter(job, dirs["adapter"], found)
+        report = _write_gguf(job, dirs["gguf"]) if "gguf" in dirs else None
+    return _exported(Path(output), kinds, warnings, report)
+
+
+@dataclass
+class _Job:
+    """What every kind of export of one trial reads: the source files, the model's structure
+    (on the meta device) and the planned edits."""
+
+    settings: Settings
+    record: dict
+    base: dict | None
+    source: Path
+    gguf_source: Path | None
+    model: torch.nn.Module
+    layout: Layout
+    names: CheckpointNames
+    edits: list[WriterEdit]
+    gains: dict
+    untie: str | None  # see _untie
+    on_progress: Callable[[int, int], None] | None
+
+    def resolved(self):
+        """A fresh set of resolved edits per pass over the source files: each pass records
+        what it found."""
+        s = self.settings
+        return resolve(self.edits, self.gains, s.row_normalization, s.full_normalization_rank)
+
+    def card(self, directory: Path, kind: str, extra: str = "") -> None:
+        card = model_card(self.settings, self.record, self.base, kind, extra=extra)
+        write_metadata(directory, self.settings, self.record, self.edits, self.base, card)
+
+
+def _job(settings, directions, record, base, on_progress) -> _Job:
+    source = local_source(settings.model)
+    model = meta_model(source, settings.trust_remote_code)
+    layout = discover(model)
+    names = CheckpointNames(model)
+    edits = plan(layout.writers, directions, EditParams.from_dict(record["params"]))
+    gains = gains_from_checkpoint(model, layout, shard_files(source), names)
+    untie = _untie(model, any(e.writer.component == "embed" for e in edits))
+    return _Job(
+        settings, record, base, source, gguf.source_of(source), model, layout, names, edits,
+        gains, untie, on_progress,
+    )  # fmt: skip
+
+
+def _possible_kinds(kinds: tuple[str, ...], gguf_source: Path | None):
+    """The kinds that can be written from this source, and a warning for any replaced."""
+    if "gguf" not in kinds or gguf_source is not None:
+        return kinds, []
+    kinds = tuple(k for k in kinds if k != "gguf")
+    kinds = kinds if "merged" in kinds else ("merged", *kinds)
+    return kinds, [
+        "a GGUF export needs a GGUF source model; wrote merged safetensors instead. Convert "
+        "them with llama.cpp: python convert_hf_to_gguf.py MERGED_DIR --outtype q8_0"
+    ]
+
+
+def _finish_merged(job: _Job, merged: Path) -> list[str]:
+    """Side files, config, chat template and card of a merged export whose tensors are written."""
+    warnings = []
+    left_out = copy_side_files(job.source, merged)
+    if left_out:
+        more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+        warnings.append(
+            "not copied from the source (only config, tokenizer, chat template, "
+            f"licence and README files travel): {', '.join(left_out[:8])}{more}"
+        )
+    if job.untie:
+        _write_config_untied(merged)
+    _chat_template(job.settings, merged)
+    job.card(merged, "merged")
+    return warnings
+
+
+def _write_adapter(job: _Job, directory: Path, found) -> list[str]:
+    base_id = str(job.source) if job.gguf_source else job.settings.model
+    notes = write_adapter(directory, found, base_id)
+    job.card(directory, "adapter", "".join(f"\n> Note: {w}\n" for w in notes))
+    return notes
+
+
+def _write_gguf(job: _Job, directory: Path) -> GGUFReport:
+    assert job.gguf_source is not None
+    gguf_type = job.settings.gguf_type
+    report = write_gguf(
+        job.gguf_source,
+        directory / output_name(job.gguf_source, gguf_type),
+        job.resolved(),
+        tensor_names(job.model),
+        gguf_type,
+        {"trial": job.record["number"], "params": job.record["params"]},
+        untie=job.untie is not None,
+        on_tensor=job.on_progress,
+    )
+    job.card(directory, "gguf", gguf_note(report, gguf_type))
+    return report
+
+
+def _exported(final: Path, kinds, warnings: list[str], report: GGUFReport | None) -> Exported:
+    """Where each kind landed once the temporary directory took the output's place."""
 
     def where(k: str) -> Path | None:
         return None if k not in kinds else (final / k if len(kinds) > 1 else final)
@@ -223,11 +275,6 @@ def gguf_note(report: GGUFReport, gguf_type: str) -> str:
         f"= {gguf_type}), every other tensor copied unchanged from the source file; the stored "
         f"values keep {report.kept:.1%} of the edit along the refusal direction.\n"
     )
-
-
-def _write_metadata(settings, record, edits, base, directory: Path, kind: str, extra: str = ""):
-    card = model_card(settings, record, base, kind, extra=extra)
-    write_metadata(directory, settings, record, edits, base, card)
 
 
 def _chat_template(settings: Settings, directory: Path) -> None:
