@@ -75,6 +75,17 @@ def compare_runs(
     return comparison, summaries
 
 
+# Settings that tell two runs' edits apart, shown beside each run's trials.
+_DISTINGUISHING = (
+    "benign_subspace_rank",
+    "orthogonalize_direction",
+    "row_normalization",
+    "residual_stream",
+    "components",
+    "overrefusal_penalty",
+)
+
+
 def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
     settings = load_settings(run_dir.settings_file)
     session = pipeline.open_session(settings, for_search=False)
@@ -106,39 +117,30 @@ def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
             session.layout.writers, session.directions, EditParams.from_dict(record["params"])
         )
         with session.editor.applied(edits):
-            edited = answers()
-        trials.append(
-            {
-                "number": record["number"],
-                "params": record["params"],
-                "metrics": record["metrics"],
-                "refusal_score": record["refusal_score"],
-                "kl_score": record["kl_score"],
-                "samples": {
-                    key: [
-                        {"prompt": p, "base": b, "edited": e}
-                        for p, b, e in zip(prompts[key], base[key], edited[key], strict=True)
-                    ]
-                    for key in prompts
-                },
-            }
-        )
+            trials.append(_trial_entry(record, prompts, base, answers()))
+    dump = settings.model_dump(mode="json")
     return {
         "run_dir": str(run_dir.path),
         "model": settings.model,
-        "settings": {
-            k: v
-            for k, v in settings.model_dump(mode="json").items()
-            if k
-            in (
-                "benign_subspace_rank",
-                "orthogonalize_direction",
-                "row_normalization",
-                "residual_stream",
-                "components",
-                "overrefusal_penalty",
-            )
-        },
+        "settings": {k: v for k, v in dump.items() if k in _DISTINGUISHING},
         "base_metrics": (pipeline.read_base(run_dir) or {}).get("metrics", {}),
         "trials": trials,
+    }
+
+
+def _trial_entry(record: dict, prompts: dict, base: dict, edited: dict) -> dict:
+    """One trial of a run in comparison.json: its figures and each prompt's two answers."""
+    return {
+        "number": record["number"],
+        "params": record["params"],
+        "metrics": record["metrics"],
+        "refusal_score": record["refusal_score"],
+        "kl_score": record["kl_score"],
+        "samples": {
+            key: [
+                {"prompt": p, "base": b, "edited": e}
+                for p, b, e in zip(prompts[key], base[key], edited[key], strict=True)
+            ]
+            for key in prompts
+        },
     }

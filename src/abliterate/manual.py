@@ -32,6 +32,20 @@ from abliterate.model.arch import discover
 from abliterate.prompts import chat_texts
 
 
+def _residual_pair(settings, model, tok, layout, prompts, stream: str, bs: int, events) -> tuple:
+    """Residuals of the harmful and the harmless direction prompts at every layer of `stream`."""
+    pair = []
+    for key in ("harmful_prompts", "harmless_prompts"):
+        texts = chat_texts(tok, prompts[key], settings.system_prompt)
+        counter = pipeline.counter(events, f"residuals {stream} ({key.split('_')[0]})", len(texts))
+        found = activations.collect(
+            model, tok, layout, texts, stream, bs, settings.winsorize_quantile,
+            keep_full=True, on_batch=counter,
+        )  # fmt: skip
+        pair.append(found)
+    return tuple(pair)
+
+
 @dataclass
 class DirectionsResult:
     candidates: list[analysis.Candidate]
@@ -57,27 +71,10 @@ def find_directions(
     model, tok = loaded.model, loaded.tokenizer
     layout = discover(model)
     bs = pipeline.batch_size(settings, model)
-    residuals = {}
-    for stream in streams:
-        pair = []
-        for key in ("harmful_prompts", "harmless_prompts"):
-            texts = chat_texts(tok, prompts[key], settings.system_prompt)
-            pair.append(
-                activations.collect(
-                    model,
-                    tok,
-                    layout,
-                    texts,
-                    stream,
-                    bs,
-                    settings.winsorize_quantile,
-                    keep_full=True,
-                    on_batch=pipeline.counter(
-                        events, f"residuals {stream} ({key.split('_')[0]})", len(texts)
-                    ),
-                )
-            )
-        residuals[stream] = tuple(pair)
+    residuals = {
+        stream: _residual_pair(settings, model, tok, layout, prompts, stream, bs, events)
+        for stream in streams
+    }
     harmful = chat_texts(tok, prompts["harmful_eval_prompts"][:n_eval], settings.system_prompt)
     harmless = chat_texts(tok, prompts["harmless_eval_prompts"][:n_eval], settings.system_prompt)
     markers = tuple(settings.refusal_markers)
@@ -210,6 +207,35 @@ def compute_direction(
     return diff / diff.norm()
 
 
+def _chosen_direction(settings, layer, stream, direction_file, model, tok, layout, events):
+    """The direction to remove: read from `direction_file`, or computed at `layer`."""
+    if layer is not None and not 0 <= layer < layout.n_layers:
+        raise AbliterateError(f"--layer {layer}: the model has layers 0..{layout.n_layers - 1}")
+    if direction_file:
+        v = load_direction(direction_file, layer)
+    elif layer is None:
+        raise AbliterateError("give --layer L (or --direction FILE)")
+    else:
+        v = compute_direction(settings, layer, stream, model, tok, layout, events)
+    if v.shape[0] != layout.hidden_size:
+        raise AbliterateError(
+            f"the direction has size {v.shape[0]}, the model {layout.hidden_size}"
+        )
+    return v
+
+
+def _manual_record(params: EditParams, metrics: dict, source: dict) -> dict:
+    """A trial record for a manual edit (trial 0, no search scores), as exports expect."""
+    return {
+        "number": 0,
+        "params": params.to_dict(),
+        "metrics": metrics.get("after", {"refusal_rate": float("nan"), "kl": float("nan")}),
+        "refusal_score": float("nan"),
+        "kl_score": float("nan"),
+        "source": source,
+    }
+
+
 def apply_direction(
     settings: Settings,
     output: Path,
@@ -239,31 +265,14 @@ def apply_direction(
     if "embed" in components:
         untie_embeddings(model)
     layout = discover(model)
-    if layer is not None and not 0 <= layer < layout.n_layers:
-        raise AbliterateError(f"--layer {layer}: the model has layers 0..{layout.n_layers - 1}")
-    if direction_file:
-        v = load_direction(direction_file, layer)
-    elif layer is None:
-        raise AbliterateError("give --layer L (or --direction FILE)")
-    else:
-        v = compute_direction(settings, layer, stream, model, tok, layout, events)
-    if v.shape[0] != layout.hidden_size:
-        raise AbliterateError(
-            f"the direction has size {v.shape[0]}, the model {layout.hidden_size}"
-        )
+    v = _chosen_direction(settings, layer, stream, direction_file, model, tok, layout, events)
     directions = Directions(per_layer=v.expand(layout.n_layers, -1).clone(), embedding=v)
     params = one_direction_params(layout.n_layers, weight, components)
     metrics: dict = {}
     if evaluate:
         metrics = _before_after(settings, model, tok, layout, directions, params)
-    record = {
-        "number": 0,
-        "params": params.to_dict(),
-        "metrics": metrics.get("after", {"refusal_rate": float("nan"), "kl": float("nan")}),
-        "refusal_score": float("nan"),
-        "kl_score": float("nan"),
-        "source": {"layer": layer, "stream": stream, "weight": weight, "file": direction_file},
-    }
+    source = {"layer": layer, "stream": stream, "weight": weight, "file": direction_file}
+    record = _manual_record(params, metrics, source)
     # The export reads the checkpoint files; the loaded model is no longer needed.
     del model, loaded
     gc.collect()

@@ -56,22 +56,42 @@ def plan(settings: Settings) -> tuple[dict, list[Stage], dict]:
     """(device map, stages, facts) for `settings.model` under its memory settings."""
     source = local_source(settings.model)
     model = meta_model(source, settings.trust_remote_code)
-    config = model.config.get_text_config()
     dtype = _dtype(settings, model.config)
     per_param = 0.55 if settings.quantization == "bnb_4bit" else BYTES.get(dtype, 4)
     n_params = sum(p.numel() for p in model.parameters())
     weights = int(n_params * per_param)
     layout = discover(model)
-    writers = sum(w.weight.numel() for w in layout.writers if w.component != "embed")
+    device_map = _device_map(settings, model, dtype)
+    stages = _stages(settings, model, layout, dtype, per_param, n_params)
+    facts = {
+        "parameters": n_params,
+        "dtype": str(dtype),
+        "layers": layout.n_layers,
+        "hidden": layout.hidden_size,
+        "weights_bytes": weights,
+        "offloaded": sorted({v for v in device_map.values() if v in ("cpu", "disk")}),
+    }
+    return device_map, stages, facts
+
+
+def _device_map(settings: Settings, model, dtype) -> dict:
+    """accelerate's placement of the model under the memory settings (RAM as the CPU's)."""
     max_memory = settings.max_memory or {k: v for k, v in get_max_memory().items()}
     if "cpu" not in max_memory:
         max_memory["cpu"] = _ram()
-    device_map = infer_auto_device_map(
+    return infer_auto_device_map(
         model,
         max_memory={(int(k) if str(k).isdigit() else k): v for k, v in max_memory.items()},
         no_split_module_classes=getattr(model, "_no_split_modules", None) or [],
         dtype=dtype,
     )
+
+
+def _stages(settings: Settings, model, layout, dtype, per_param: float, n_params: int):
+    """What each stage holds in memory, and where, estimated from the model's shapes."""
+    config = model.config.get_text_config()
+    weights = int(n_params * per_param)
+    writers = sum(w.weight.numel() for w in layout.writers if w.component != "embed")
     L, d = layout.n_layers, layout.hidden_size
     bs = settings.batch_size or (16 if not torch.cuda.is_available() else settings.max_batch_size)
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -114,15 +134,7 @@ def plan(settings: Settings) -> tuple[dict, list[Stage], dict]:
             "one output shard and one tensor in float32 (streamed from the files)",
         ),
     ]
-    facts = {
-        "parameters": n_params,
-        "dtype": str(dtype),
-        "layers": L,
-        "hidden": d,
-        "weights_bytes": weights,
-        "offloaded": sorted({v for v in device_map.values() if v in ("cpu", "disk")}),
-    }
-    return device_map, stages, facts
+    return stages
 
 
 def human(n: int) -> str:

@@ -11,6 +11,7 @@ Factor layout per writer kind (B, A are the canonical factors, W' = W + B A):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,59 +34,71 @@ def write_adapter(directory: Path, resolved: dict[str, Resolved], base_model: st
 
     Returns warnings for edits an adapter cannot express (biases of fused experts)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
-    modules, parameters, ranks = [], [], {}
-    conv1d, biases, warnings = False, False, []
+    found = _Targets()
     for name, (b, a) in group_factors(resolved).items():
-        r = resolved[name]
-        w = r.writer
-        rank = b.shape[-1]
-        if w.component == "embed":
-            module = name.removesuffix(".weight")
-            tensors[f"{PREFIX}{module}.lora_embedding_A"] = a
-            tensors[f"{PREFIX}{module}.lora_embedding_B"] = b
-            modules.append(module)
-        elif w.fused_experts:
-            module = name.rsplit(".", 1)[0]
-            lora_b, lora_a = _pack_experts(b, a)
-            tensors[f"{PREFIX}{module}.lora_A.weight"] = lora_a
-            tensors[f"{PREFIX}{module}.lora_B.weight"] = lora_b
-            parameters.append(name)
-            if r.bias_edited:
-                warnings.append(
-                    f"{w.bias_name}: a LoRA adapter cannot carry the edit of a fused "
-                    "experts bias; the merged export has it"
-                )
-        else:
-            module = name.removesuffix(".weight")
-            tensors[f"{PREFIX}{module}.lora_A.weight"] = a
-            tensors[f"{PREFIX}{module}.lora_B.weight"] = b
-            modules.append(module)
-            conv1d |= type(w.module).__name__ == "Conv1D"
-            if r.bias_edited:
-                tensors[f"{PREFIX}{module}.base_layer.bias"] = r.bias_value
-                biases = True
-        ranks[module] = rank
-    top = max(ranks.values(), default=1)
-    pattern = {m: k for m, k in ranks.items() if k != top}
+        found.add(name, resolved[name], b, a)
+    top = max(found.ranks.values(), default=1)
+    pattern = {m: k for m, k in found.ranks.items() if k != top}
     config = LoraConfig(
         r=top,
         lora_alpha=top,  # scaling 1: the adapter adds exactly B A
         rank_pattern=pattern,
         alpha_pattern=dict(pattern),
-        target_modules=modules or None,
-        target_parameters=parameters or None,
+        target_modules=found.modules or None,
+        target_parameters=found.parameters or None,
         lora_dropout=0.0,
-        bias="lora_only" if biases else "none",
-        fan_in_fan_out=conv1d,
+        bias="lora_only" if found.biases else "none",
+        fan_in_fan_out=found.conv1d,
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_model,
         inference_mode=True,
     )
     config.save_pretrained(str(directory))
     save_file(
-        {k: v.contiguous().float() for k, v in tensors.items()},
+        {k: v.contiguous().float() for k, v in found.tensors.items()},
         str(directory / "adapter_model.safetensors"),
         metadata={"format": "pt"},
     )
-    return warnings
+    return found.warnings
+
+
+@dataclass
+class _Targets:
+    """The adapter's tensors and the LoraConfig fields they imply, one edited writer at a time."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    modules: list[str] = field(default_factory=list)  # target_modules
+    parameters: list[str] = field(default_factory=list)  # target_parameters (fused experts)
+    ranks: dict[str, int] = field(default_factory=dict)
+    conv1d: bool = False
+    biases: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, name: str, r: Resolved, b: torch.Tensor, a: torch.Tensor) -> None:
+        w = r.writer
+        if w.component == "embed":
+            module = name.removesuffix(".weight")
+            self.tensors[f"{PREFIX}{module}.lora_embedding_A"] = a
+            self.tensors[f"{PREFIX}{module}.lora_embedding_B"] = b
+            self.modules.append(module)
+        elif w.fused_experts:
+            module = name.rsplit(".", 1)[0]
+            lora_b, lora_a = _pack_experts(b, a)
+            self.tensors[f"{PREFIX}{module}.lora_A.weight"] = lora_a
+            self.tensors[f"{PREFIX}{module}.lora_B.weight"] = lora_b
+            self.parameters.append(name)
+            if r.bias_edited:
+                self.warnings.append(
+                    f"{w.bias_name}: a LoRA adapter cannot carry the edit of a fused "
+                    "experts bias; the merged export has it"
+                )
+        else:
+            module = name.removesuffix(".weight")
+            self.tensors[f"{PREFIX}{module}.lora_A.weight"] = a
+            self.tensors[f"{PREFIX}{module}.lora_B.weight"] = b
+            self.modules.append(module)
+            self.conv1d |= type(w.module).__name__ == "Conv1D"
+            if r.bias_edited:
+                self.tensors[f"{PREFIX}{module}.base_layer.bias"] = r.bias_value
+                self.biases = True
+        self.ranks[module] = b.shape[-1]

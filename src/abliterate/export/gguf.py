@@ -154,10 +154,19 @@ def write_gguf(
         raise AbliterateError(f"gguf_type {gguf_type!r}: use Q8_0, F16, BF16, F32 or source")
     reader = GGUFReader(source)
     plan = _Plan(reader, names, resolved, gguf_type)
-    arch = reader.fields["general.architecture"].contents()
-    writer = GGUFWriter(path, arch=arch)
+    writer = GGUFWriter(path, arch=reader.fields["general.architecture"].contents())
     _copy_fields(reader, writer, metadata or {})
     extra = _untied_head(reader) if untie else None
+    _write_infos(reader, writer, plan, extra)
+    report = _write_data(reader, writer, plan, extra, Report(path), on_tensor)
+    writer.close()
+    check_coverage(resolved, source)
+    return report
+
+
+def _write_infos(reader: GGUFReader, writer: GGUFWriter, plan: _Plan, extra) -> None:
+    """Header, metadata and tensor infos: the source's, with the edited writers' new types and
+    sizes, and the untied output head (`extra`) at the end."""
     for t in reader.tensors:
         qtype = plan.target(t)
         if qtype is None:
@@ -177,7 +186,11 @@ def write_gguf(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    report = Report(path)
+
+
+def _write_data(reader, writer, plan: _Plan, extra, report: Report, on_tensor) -> Report:
+    """Every tensor's data in the source's order: edited writers and biases re-encoded, the
+    rest copied byte for byte. Fills in how much of the edit the stored values keep."""
     removed = back = 0.0
     total = len(reader.tensors)
     for i, t in enumerate(reader.tensors):
@@ -198,8 +211,6 @@ def write_gguf(
             on_tensor(i + 1, total)
     if extra is not None:
         writer.write_tensor_data(extra.data, tensor_endianess=reader.endianess)
-    writer.close()
-    check_coverage(resolved, source)
     report.kept = 1.0 - back / removed if removed > 0 else 1.0
     return report
 

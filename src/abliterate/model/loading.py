@@ -213,6 +213,17 @@ def smoke_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> No
     model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
 
+def _smoke_tested(model, tokenizer) -> str | None:
+    """Put a loaded model in inference mode; why its smoke test failed, or None."""
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        smoke_test(model, tokenizer)
+    except (RuntimeError, ValueError) as exc:  # NaN/inf logits, kernels missing for dtype
+        return _first_line(exc)
+    return None
+
+
 def load(
     spec: str,
     dtypes: list[str] | tuple[str, ...] = ("auto",),
@@ -234,7 +245,14 @@ def load(
             "--trust-remote-code to let it run"
         )
     tokenizer = load_tokenizer(spec, chat_template, trust_remote_code)
-    quant = quantization_config(quantization)
+    options = {
+        "device_map": device_map,
+        "max_memory": _max_memory(max_memory),
+        "offload_folder": offload_folder,
+        "quantization_config": quantization_config(quantization),
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }
     failures = []
     for name in dtypes:
         dtype = _torch_dtype(name)
@@ -245,16 +263,7 @@ def load(
                 "set dtypes to choose another)"
             )
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                spec,
-                dtype=dtype,
-                device_map=device_map,
-                max_memory=_max_memory(max_memory),
-                offload_folder=offload_folder,
-                quantization_config=quant,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-            )
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **options)
         except (OSError, ValueError) as exc:
             # Missing files, bad configs, unsupported options: no other dtype will fix these.
             raise AbliterateError(f"cannot load {source}: {_first_line(exc)}") from None
@@ -262,19 +271,15 @@ def load(
             failures.append(f"{name}: {_first_line(exc)}")
             say(f"dtype {name} failed ({_first_line(exc)}); trying the next one")
             continue
-        model.eval()
-        model.requires_grad_(False)
-        try:
-            smoke_test(model, tokenizer)
-        except (RuntimeError, ValueError) as exc:  # NaN/inf logits, kernels missing for dtype
-            failures.append(f"{name}: {_first_line(exc)}")
-            say(f"dtype {name} failed ({_first_line(exc)}); trying the next one")
-            del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        say(f"loaded {source} as {model.dtype}")
-        return Loaded(model, tokenizer, model.dtype, source)
+        failure = _smoke_tested(model, tokenizer)
+        if failure is None:
+            say(f"loaded {source} as {model.dtype}")
+            return Loaded(model, tokenizer, model.dtype, source)
+        failures.append(f"{name}: {failure}")
+        say(f"dtype {name} failed ({failure}); trying the next one")
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     raise AbliterateError(f"could not load {source} with any dtype: {'; '.join(failures)}")
 
 

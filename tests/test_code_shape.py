@@ -1,5 +1,6 @@
-"""The package's import graph has no circle: every `abliterate.*` import, at module top or inside
-a function, read from the source with `ast` (nothing is imported, so a lazy import counts too)."""
+"""The shape of the code, read from the source with `ast` (nothing is imported): the package's
+import graph has no circle (every `abliterate.*` import, at module top or inside a function), and
+no function is longer than 60 lines."""
 
 from __future__ import annotations
 
@@ -94,3 +95,16 @@ def test_graph_reads_relative_and_lazy_imports():
 
 def test_no_import_circle():
     assert circles(import_graph()) == []
+
+
+def test_no_function_over_60_lines():
+    """Functions short enough to read at once (../shared/docs/style.md): split a longer one
+    into its steps."""
+    long = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert long == []
