@@ -265,7 +265,7 @@ def test_workers_writing_one_trial_file_never_collide(tmp_path):
 def test_chosen_json_survives_a_full_disk(tmp_path):
     """A write that fails half-way (here: the disk is full) leaves the previous file whole."""
     from abliterate.errors import AbliterateError
-    from abliterate.pipeline import record_choice
+    from abliterate.search.choice import record_choice
 
     mount = tmp_path / "small"
     mount.mkdir()

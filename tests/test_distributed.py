@@ -12,8 +12,8 @@ import optuna
 import pytest
 
 from abliterate.cli.main import main
-from abliterate.pipeline import candidates
 from abliterate.search import study as st
+from abliterate.search.choice import candidates
 from abliterate.search.select import select
 from conftest import organism_command, wait_for
 

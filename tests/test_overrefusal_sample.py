@@ -6,7 +6,7 @@ from __future__ import annotations
 import tiny
 from abliterate.config import load_settings
 from abliterate.eval.evaluate import EvalSettings, Evaluator, sample_indices
-from abliterate.pipeline import eval_settings
+from abliterate.stages.base import eval_settings
 
 HARMLESS = [f"Name a colour number {i}." for i in range(10)]
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from abliterate import pipeline
 from abliterate.config import load_settings
 from abliterate.edit.plan import EditParams, plan
 from abliterate.errors import AbliterateError
 from abliterate.eval.generate import generate
 from abliterate.prompts import chat_texts
 from abliterate.runs import RunDir
+from abliterate.search.choice import candidate_from_record
 from abliterate.search.select import pareto_front, select
+from abliterate.stages.base import read_base
+from abliterate.stages.session import open_session
 
 POLICIES = ("min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1")
 
@@ -27,9 +29,7 @@ def trial_selection(records: list[dict], spec: str) -> list[dict]:
     if spec == "all":
         return records
     if spec == "pareto":
-        front = {
-            c.number for c in pareto_front([pipeline.candidate_from_record(r) for r in records])
-        }
+        front = {c.number for c in pareto_front([candidate_from_record(r) for r in records])}
         return [r for r in records if r["number"] in front]
     try:
         wanted = {int(x) for x in spec.split(",") if x.strip()}
@@ -42,7 +42,7 @@ def trial_selection(records: list[dict], spec: str) -> list[dict]:
 
 
 def summary(records: list[dict]) -> dict[str, dict]:
-    cands = [pipeline.candidate_from_record(r) for r in records]
+    cands = [candidate_from_record(r) for r in records]
     by_number = {r["number"]: r for r in records}
     out = {}
     for policy in POLICIES:
@@ -88,7 +88,7 @@ _DISTINGUISHING = (
 
 def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
     settings = load_settings(run_dir.settings_file)
-    session = pipeline.open_session(settings, for_search=False)
+    session = open_session(settings, for_search=False)
     prompts = {
         "harmful": session.prompts["harmful_eval_prompts"][:k],
         "harmless": session.prompts["harmless_eval_prompts"][:k],
@@ -123,7 +123,7 @@ def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
         "run_dir": str(run_dir.path),
         "model": settings.model,
         "settings": {k: v for k, v in dump.items() if k in _DISTINGUISHING},
-        "base_metrics": (pipeline.read_base(run_dir) or {}).get("metrics", {}),
+        "base_metrics": (read_base(run_dir) or {}).get("metrics", {}),
         "trials": trials,
     }
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from abliterate import pipeline
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
 from abliterate.eval.capability import capability, read_probes
 from abliterate.eval.evaluate import Evaluator
+from abliterate.events import Events
 from abliterate.model import loading
+from abliterate.stages.base import eval_settings
+from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
 def evaluate_against_base(
@@ -24,24 +26,24 @@ def evaluate_against_base(
     probes are configured) of `model`, and the same for `base` itself. `loaded` = (model,
     tokenizer) measures a model already in memory (e.g. right after training) instead of
     loading `model`."""
-    settings = pipeline.resolve_prompt_defaults(settings.model_copy(update={"model": base}))
-    settings = pipeline.resolve_prompt_defaults(settings, root=model)
+    settings = resolve_prompt_defaults(settings.model_copy(update={"model": base}))
+    settings = resolve_prompt_defaults(settings, root=model)
     # Everything that can be wrong with the input, before either model loads.
     for spec in (base, model):
         loading.resolve(spec, settings.trust_remote_code)
     settings.check_files()
-    prompts = pipeline.load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
+    prompts = load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
-    events = pipeline.Events(message=message)
+    events = Events(message=message)
 
-    base_model = pipeline.load_model(settings, events)
-    bs = pipeline.batch_size(settings, base_model.model)
+    base_model = load_model(settings, events)
+    bs = batch_size(settings, base_model.model)
     evaluator = Evaluator(
         base_model.model,
         base_model.tokenizer,
         prompts["harmful_eval_prompts"],
         prompts["harmless_eval_prompts"],
-        pipeline.eval_settings(settings, bs),
+        eval_settings(settings, bs),
     )
     result = {"model": model, "base": base, "base_metrics": evaluator.evaluate().values}
     if probes:
@@ -57,7 +59,7 @@ def evaluate_against_base(
     if loaded is not None:
         edited_model, edited_tok = loaded
     else:
-        edited = pipeline.load_model(settings.model_copy(update={"model": model}), events)
+        edited = load_model(settings.model_copy(update={"model": model}), events)
         edited_model, edited_tok = edited.model, edited.tokenizer
     if edited_tok(evaluator.harmless_texts[0])["input_ids"] != base_ids:
         raise AbliterateError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from abliterate import activations, analysis, pipeline
+from abliterate import activations, analysis
 from abliterate.config import STREAMS, Settings
 from abliterate.edit.editor import WeightEditor, untie_embeddings
 from abliterate.edit.kernel import Kernel
@@ -25,11 +25,15 @@ from abliterate.edit.plan import Directions, EditParams, plan
 from abliterate.errors import AbliterateError
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.evaluate import Evaluator
+from abliterate.events import Events, counter
 from abliterate.export.api import Exported, export_trial, protected_paths
 from abliterate.guard import check_output
 from abliterate.model import loading
 from abliterate.model.arch import discover
 from abliterate.prompts import chat_texts
+from abliterate.stages.base import eval_settings
+from abliterate.stages.directions import direction_tensors
+from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
 def _residual_pair(settings, model, tok, layout, prompts, stream: str, bs: int, events) -> tuple:
@@ -37,10 +41,10 @@ def _residual_pair(settings, model, tok, layout, prompts, stream: str, bs: int, 
     pair = []
     for key in ("harmful_prompts", "harmless_prompts"):
         texts = chat_texts(tok, prompts[key], settings.system_prompt)
-        counter = pipeline.counter(events, f"residuals {stream} ({key.split('_')[0]})", len(texts))
+        tick = counter(events, f"residuals {stream} ({key.split('_')[0]})", len(texts))
         found = activations.collect(
             model, tok, layout, texts, stream, bs, settings.winsorize_quantile,
-            keep_full=True, on_batch=counter,
+            keep_full=True, on_batch=tick,
         )  # fmt: skip
         pair.append(found)
     return tuple(pair)
@@ -59,18 +63,18 @@ def find_directions(
     streams=STREAMS,
     n_eval: int = 32,
     kl_threshold: float = 0.1,
-    events: pipeline.Events | None = None,
+    events: Events | None = None,
 ) -> DirectionsResult:
-    events = events or pipeline.Events()
-    settings = pipeline.resolve_prompt_defaults(settings)
+    events = events or Events()
+    settings = resolve_prompt_defaults(settings)
     # Everything that can be wrong with the input, before the model loads.
     loading.resolve(settings.model, settings.trust_remote_code)
     settings.check_files()
-    prompts = pipeline.load_prompts(settings)
-    loaded = pipeline.load_model(settings, events)
+    prompts = load_prompts(settings)
+    loaded = load_model(settings, events)
     model, tok = loaded.model, loaded.tokenizer
     layout = discover(model)
-    bs = pipeline.batch_size(settings, model)
+    bs = batch_size(settings, model)
     residuals = {
         stream: _residual_pair(settings, model, tok, layout, prompts, stream, bs, events)
         for stream in streams
@@ -102,7 +106,7 @@ def find_directions(
 
 def _save(output: Path, settings: Settings, residuals, cands, selected, probe, tok) -> None:
     for stream, (bad, good) in residuals.items():
-        tensors, meta = pipeline.direction_tensors(
+        tensors, meta = direction_tensors(
             bad, good, settings.model_copy(update={"residual_stream": stream})
         )
         save_file(
@@ -180,10 +184,10 @@ def one_direction_params(n_layers: int, weight: float, components: list[str]) ->
 
 
 def compute_direction(
-    settings: Settings, layer: int, stream: str, model, tok, layout, events: pipeline.Events
+    settings: Settings, layer: int, stream: str, model, tok, layout, events: Events
 ) -> Tensor:
-    prompts = pipeline.load_prompts(settings)
-    bs = pipeline.batch_size(settings, model)
+    prompts = load_prompts(settings)
+    bs = batch_size(settings, model)
     res = [
         activations.collect(
             model,
@@ -193,7 +197,7 @@ def compute_direction(
             stream,
             bs,
             settings.winsorize_quantile,
-            on_batch=pipeline.counter(events, f"residuals ({k.split('_')[0]})", len(prompts[k])),
+            on_batch=counter(events, f"residuals ({k.split('_')[0]})", len(prompts[k])),
         )
         for k in ("harmful_prompts", "harmless_prompts")
     ]
@@ -246,12 +250,12 @@ def apply_direction(
     direction_file: str | None,
     kind: str = "merged",
     evaluate: bool = True,
-    events: pipeline.Events | None = None,
+    events: Events | None = None,
 ) -> tuple[Exported, dict]:
     """Orthogonalize the chosen direction out of the model and export it. Returns the export
     and the before/after metrics (empty when no evaluation prompts are available)."""
-    events = events or pipeline.Events()
-    settings = pipeline.resolve_prompt_defaults(settings)
+    events = events or Events()
+    settings = resolve_prompt_defaults(settings)
     # Everything that can be wrong with the input, before the model loads.
     check_output(output, settings.overwrite, protected_paths(settings))
     loading.resolve(settings.model, settings.trust_remote_code)
@@ -259,8 +263,8 @@ def apply_direction(
     if direction_file and not Path(direction_file).is_file():
         raise AbliterateError(f"direction file {direction_file} does not exist")
     if direction_file is None and layer is not None:
-        pipeline.load_prompts(settings)  # compute_direction reads them after the load
-    loaded = pipeline.load_model(settings, events)
+        load_prompts(settings)  # compute_direction reads them after the load
+    loaded = load_model(settings, events)
     model, tok = loaded.model, loaded.tokenizer
     if "embed" in components:
         untie_embeddings(model)
@@ -290,9 +294,9 @@ def apply_direction(
 
 
 def _before_after(settings, model, tok, layout, directions, params) -> dict:
-    bs = pipeline.batch_size(settings, model)
+    bs = batch_size(settings, model)
     try:
-        prompts = pipeline.load_prompts(settings)
+        prompts = load_prompts(settings)
     except AbliterateError:
         return {}
     evaluator = Evaluator(
@@ -300,7 +304,7 @@ def _before_after(settings, model, tok, layout, directions, params) -> dict:
         tok,
         prompts["harmful_eval_prompts"],
         prompts["harmless_eval_prompts"],
-        pipeline.eval_settings(settings, bs),
+        eval_settings(settings, bs),
     )
     before = evaluator.evaluate().values
     editor = WeightEditor(layout, settings.row_normalization, settings.full_normalization_rank)

@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate import pipeline
     from abliterate.chat import Conversation
     from abliterate.model import loading
+    from abliterate.stages.session import open_session
 
     if args.trial:
         run_path, _, number = args.trial.rpartition(":")
@@ -40,7 +40,7 @@ def handle(args: argparse.Namespace) -> int:
         settings = load_settings(Path(run_path) / "settings.toml")
         if args.model:
             settings = settings.model_copy(update={"model": args.model})
-        session = pipeline.open_session(settings, for_search=False)
+        session = open_session(settings, for_search=False)
         record = session.run_dir.load_trial(int(number))
         chat_with_trial(session, record, args.system_prompt, args.max_new_tokens)
         return 0

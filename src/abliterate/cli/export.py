@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def from_run_dir(path: str):
     """(settings, directions, records by trial number, base metrics) of a run directory."""
-    from abliterate import pipeline
+    from abliterate.search.choice import with_confirmations
+    from abliterate.stages.base import read_base
+    from abliterate.stages.directions import directions_from_tensors
 
     run_dir = RunDir(Path(path))
     if not run_dir.exists():
@@ -65,20 +67,22 @@ def from_run_dir(path: str):
     if stored is None:
         raise AbliterateError(f"{path} has no directions.safetensors: the run never got that far")
     records = {n: run_dir.load_trial(n) for n in run_dir.trial_numbers()}
-    records = pipeline.with_confirmations(records, run_dir.load_confirmed())
+    records = with_confirmations(records, run_dir.load_confirmed())
     return (
         settings,
-        pipeline.directions_from_tensors(stored[0]),
+        directions_from_tensors(stored[0]),
         records,
-        pipeline.read_base(run_dir),
+        read_base(run_dir),
     )
 
 
 def from_study(url: str, name: str):
     """The same, from a shared study: what every worker published there."""
-    from abliterate import pipeline
     from abliterate.config import Settings
     from abliterate.search import study as st
+    from abliterate.search.choice import with_confirmations
+    from abliterate.search.study import decode_tensors
+    from abliterate.stages.directions import directions_from_tensors
 
     study = st.open_study(st.open_storage(url, Path("unused")), name)
     saved, shared = st.get_shared(study, "settings"), st.get_shared(study, "directions")
@@ -91,17 +95,17 @@ def from_study(url: str, name: str):
                 **t.user_attrs["record"],
                 "samples": t.user_attrs.get("samples", {}),
             }
-    tensors = pipeline.decode_tensors(shared["tensors"])
+    tensors = decode_tensors(shared["tensors"])
     return (
         Settings.model_validate(saved),
-        pipeline.directions_from_tensors(tensors),
-        pipeline.with_confirmations(records, st.get_shared(study, "confirmed") or {}),
+        directions_from_tensors(tensors),
+        with_confirmations(records, st.get_shared(study, "confirmed") or {}),
         st.get_shared(study, "base"),
     )
 
 
 def pick_record(records: dict[int, dict], trial: int | None, policy: str | None) -> dict:
-    from abliterate import pipeline
+    from abliterate.search.choice import candidate_from_record
 
     if not records:
         raise AbliterateError("no finished trials to export")
@@ -109,13 +113,13 @@ def pick_record(records: dict[int, dict], trial: int | None, policy: str | None)
         if trial not in records:
             raise AbliterateError(f"no finished trial {trial} (have {sorted(records)[:10]}...)")
         return records[trial]
-    cands = [pipeline.candidate_from_record(r) for r in records.values()]
+    cands = [candidate_from_record(r) for r in records.values()]
     return records[select(cands, policy or DEFAULT_POLICY).number]
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate import pipeline
     from abliterate.export.api import export_trial, protected_paths
+    from abliterate.stages.session import open_session
 
     if args.storage:
         settings, directions, records, base = from_study(args.storage, args.study_name)
@@ -133,7 +137,7 @@ def handle(args: argparse.Namespace) -> int:
             raise AbliterateError("--no-stream writes merged weights only")
         # Refused before the model loads, not after.
         check_output(args.output, args.overwrite, protected_paths(settings, args.run_dir))
-        session = pipeline.open_session(settings, for_search=False)
+        session = open_session(settings, for_search=False)
         path = export_loaded(
             session, record, args.output, args.max_shard_size, args.overwrite, base
         )

@@ -17,13 +17,13 @@ from abliterate.cli.flags import add_settings_arguments, overrides
 from abliterate.config import Settings, load_settings
 from abliterate.errors import AbliterateError
 from abliterate.export.hub import push
-from abliterate.guard import check_output
-from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front
+from abliterate.search.select import DEFAULT_POLICY, Candidate
 
 if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch, transformers)
     from abliterate import pipeline
     from abliterate.export.api import Exported
     from abliterate.model.arch import Layout
+    from abliterate.stages.session import Session
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,10 +61,34 @@ class Display:
         self.tasks: dict[str, int] = {}
         self.started = time.perf_counter()
 
-    def events(self) -> pipeline.Events:
+    def events(self) -> pipeline.RunEvents:
         from abliterate import pipeline
 
-        return pipeline.Events(message=self.message, progress=self.progress, trial=self.trial)
+        return pipeline.RunEvents(
+            message=self.message,
+            progress=self.progress,
+            trial=self.trial,
+            opened=self.opened,
+            measured=self.measured,
+            resumed=self.resumed,
+        )
+
+    def opened(self, session: Session) -> None:
+        self.bars.console.print(f"  run directory: {session.run_dir.path}")
+        self.bars.console.print(layout_table(session.layout, list(session.settings.components)))
+
+    def measured(self, session: Session, base) -> None:
+        prompts = session.prompts
+        self.bars.console.print(
+            f"  base model: refusals {base['refusal_rate']:.2f}, over-refusal "
+            f"{base['overrefusal_rate']:.2f} on {len(prompts['harmful_eval_prompts'])} + "
+            f"{len(prompts['harmless_eval_prompts'])} evaluation prompts"
+        )
+
+    def resumed(self, done: int) -> None:
+        if done:
+            self.bars.console.print(f"  resuming: {done} finished trial(s) in the run directory")
+        self.progress("trials", min(done, self.n_trials), self.n_trials)
 
     def message(self, text: str) -> None:
         self.bars.console.print(f"  {text}", highlight=False)
@@ -160,79 +184,41 @@ def interactive() -> bool:
 
 
 def execute(settings: Settings, new_run: bool = False) -> int:
+    """`abliterate run`, displayed: pipeline.run does the work, this shows it."""
     from abliterate import pipeline
-    from abliterate.export.api import protected_paths
 
-    settings = pipeline.resolve_prompt_defaults(settings)
-    if settings.output:
-        # Refuse now, not after the search: an hour of trials should not end in this error.
-        check_output(settings.output, settings.overwrite, protected_paths(settings))
+    policy = settings.select or (None if interactive() else DEFAULT_POLICY)
     err.print(f"[bold]abliterate run[/bold] {settings.model}")
     with Display() as display:
         display.n_trials = settings.n_trials
-        events = display.events()
-        session = pipeline.open_session(settings, events, new_run=new_run)
-        err.print(f"  run directory: {session.run_dir.path}")
-        err.print(layout_table(session.layout, list(settings.components)))
-        base = pipeline.measure_base(session, events)
+        result = pipeline.run(settings, display.events(), new_run=new_run, policy=policy)
+    session = result.session
+    if result.interrupted:
         err.print(
-            f"  base model: refusals {base['refusal_rate']:.2f}, over-refusal "
-            f"{base['overrefusal_rate']:.2f} on {len(session.prompts['harmful_eval_prompts'])} + "
-            f"{len(session.prompts['harmless_eval_prompts'])} evaluation prompts"
+            f"[yellow]interrupted[/yellow]: finished trials are saved in "
+            f"{session.run_dir.path}; run the same command to resume"
         )
-        study, _lock = pipeline.open_study(session)
-        done = sum(1 for _ in session.run_dir.trial_numbers())
-        if done:
-            err.print(f"  resuming: {done} finished trial(s) in the run directory")
-        display.progress("trials", min(done, settings.n_trials), settings.n_trials)
-        try:
-            pipeline.search(session, events)
-        except KeyboardInterrupt:
-            err.print(
-                f"[yellow]interrupted[/yellow]: finished trials are saved in "
-                f"{session.run_dir.path}; run the same command to resume"
-            )
-            return 130
-    return choose_and_export(session, study)
-
-
-def choose_and_export(session: pipeline.Session, study) -> int:
-    from abliterate import pipeline
-
-    settings = session.settings
-    pipeline.sync_trial_files(session, study)
-    cands = pipeline.candidates(study)
-    if not cands:
-        raise AbliterateError("no trial finished; nothing to choose from")
-    records = {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}
-    front = pareto_front(cands)
-    if settings.select or not interactive():
-        policy = settings.select or DEFAULT_POLICY
-        events = pipeline.Events(message=lambda m: err.print(f"  {m}"))
-        chosen = pipeline.confirm_choice(session, study, cands, policy, events)
-        records = pipeline.with_confirmations(records, session.run_dir.load_confirmed())
-        front = pareto_front(pipeline.candidates(study))
-        out.print(front_table(front, records, chosen.number))
-        err.print(f"chose trial {chosen.number} (policy {policy})")
-        pipeline.record_choice(session.run_dir, chosen.number, policy)
-        if settings.output:
-            export(session, records[chosen.number], settings.output, settings.export)
-        else:
-            err.print(
-                "no --output given: nothing exported (use `abliterate export "
-                f"{session.run_dir.path} --trial {chosen.number} --output DIR`)"
-            )
-        return 0
-    out.print(front_table(front, records))
-    return menu(session, front, records)
+        return 130
+    out.print(front_table(result.front, result.records, result.chosen))
+    if result.chosen is None:
+        return menu(session, result.front, result.records)
+    err.print(f"chose trial {result.chosen} (policy {result.policy})")
+    if result.exported is not None:
+        report_export(result.exported, result.chosen)
+    else:
+        err.print(
+            "no --output given: nothing exported (use `abliterate export "
+            f"{session.run_dir.path} --trial {result.chosen} --output DIR`)"
+        )
+    return 0
 
 
 ACTIONS = ["merged", "adapter", "both", "chat", "upload", "back", "quit"]
 
 
-def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> int:
+def menu(session: Session, front: list[Candidate], records: dict) -> int:
     """Choose a trial from the front, then what to do with it, until the user quits."""
-    from abliterate import pipeline
+    from abliterate.search.choice import record_choice
 
     numbers = [str(c.number) for c in front]
     last_export: Path | None = None
@@ -241,7 +227,7 @@ def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> in
         if pick == "q":
             return 0
         record = records[int(pick)]
-        pipeline.record_choice(session.run_dir, record["number"], "interactive")
+        record_choice(session.run_dir, record["number"], "interactive")
         while True:
             action = Prompt.ask("action", choices=ACTIONS, default="merged")
             if action == "quit":
@@ -272,22 +258,10 @@ def menu(session: pipeline.Session, front: list[Candidate], records: dict) -> in
                     err.print(f"[red]error:[/red] {exc}")
 
 
-def export(session: pipeline.Session, record: dict, output: str, kind: str) -> None:
+def export(session: Session, record: dict, output: str, kind: str) -> None:
     from abliterate import pipeline
-    from abliterate.export.api import export_trial
 
-    s = session.settings
-    result = export_trial(
-        s,
-        session.directions,
-        record,
-        output,
-        kind,
-        s.max_shard_size,
-        s.overwrite,
-        pipeline.read_base(session.run_dir),
-    )
-    report_export(result, record["number"])
+    report_export(pipeline.export(session, record, output, kind), record["number"])
 
 
 def report_export(result: Exported, number: int) -> None:

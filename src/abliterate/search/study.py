@@ -16,6 +16,7 @@ number of trials so far, so a resumed run continues as an uninterrupted one woul
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -24,7 +25,9 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from filelock import FileLock
@@ -32,8 +35,13 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from abliterate.config import redact
+from abliterate.config import Settings, redact
 from abliterate.errors import AbliterateError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from abliterate.runs import RunDir
 
 HEARTBEAT_SECONDS = 10.0
 POLL_SECONDS = 2.0  # how often a worker with nothing to claim looks again
@@ -272,3 +280,23 @@ def get_shared(study: optuna.Study, key: str):
 
 def set_shared(study: optuna.Study, key: str, value) -> None:
     study.set_user_attr(SHARED_PREFIX + key, value)
+
+
+def open_study_for(settings: Settings, run_dir: RunDir):
+    """The run's study and its lock (see search/study.py)."""
+    storage = open_storage(settings.storage, run_dir.journal_file)
+    study = open_study(storage, settings.study_name)
+    lock = partial(study_lock, settings.storage, run_dir.lock_file, settings.study_name)
+    return study, lock
+
+
+def encode_tensors(tensors: dict[str, Tensor]) -> str:
+    from safetensors.torch import save
+
+    return base64.b64encode(save({k: v.contiguous() for k, v in tensors.items()})).decode()
+
+
+def decode_tensors(text: str) -> dict[str, Tensor]:
+    from safetensors.torch import load
+
+    return load(base64.b64decode(text))

@@ -1,0 +1,108 @@
+"""Stage 6: the trial loop. Each trial applies one edit, measures it, restores the weights and
+records the result in the study and the run directory, until the study holds n_trials."""
+
+from __future__ import annotations
+
+import time
+
+from abliterate.edit.plan import EditParams, plan, strength_table
+from abliterate.eval.evaluate import Metrics
+from abliterate.events import Events
+from abliterate.search import study as st
+from abliterate.search.objective import kl_score, refusal_score
+from abliterate.search.space import SpaceConfig, suggest, warm_starts
+from abliterate.stages.base import answer_samples
+from abliterate.stages.session import Session
+
+
+def space_config(session: Session) -> SpaceConfig:
+    available = set(session.layout.components())
+    comps = tuple(c for c in session.settings.components if c in available)
+    return SpaceConfig.from_settings(session.settings, session.layout.n_layers, comps)
+
+
+def run_trials(session: Session, events: Events) -> None:
+    """Run trials until the study holds `n_trials` complete ones (counting other workers')."""
+    s = session.settings
+    study, lock = session_study(session)
+    sync_trial_files(session, study)
+    space = space_config(session)
+    starts = warm_starts(space, tuple(s.warm_starts))
+    if st.enqueue_once(study, starts, s.n_trials, lock):
+        events.message(
+            f"warm start: {min(len(starts), s.n_trials)} flat edits (strength 1 on every layer, "
+            f"direction at depth {', '.join(f'{f:.0%}' for f in s.warm_starts)}) come first"
+        )
+    while True:
+        trial = st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)
+        if trial is None:
+            # The study is full, but other workers may still be running trials: wait for them
+            # (or for their heartbeats to go stale and their trials to come back to the queue),
+            # so that every worker chooses from the same, complete set of trials.
+            if st.counts(study)["complete"] >= s.n_trials:
+                break
+            time.sleep(st.POLL_SECONDS)
+            continue
+        try:
+            with st.heartbeat(trial):
+                params = suggest(trial, space)
+                metrics, timing = evaluate_params(session, params)
+        except BaseException:  # the edit is already undone (editor.applied)
+            st.abandon(study, trial)
+            raise
+        record = trial_record(session, trial.number, params, metrics, timing)
+        trial.set_user_attr("record", {k: v for k, v in record.items() if k != "samples"})
+        trial.set_user_attr("samples", record["samples"])
+        study.tell(trial, [record["refusal_score"], record["kl_score"]])
+        session.run_dir.save_trial(record)
+        events.trial(record, st.counts(study))
+    sync_trial_files(session, study)
+
+
+def evaluate_params(session: Session, params: EditParams) -> tuple[Metrics, dict[str, float]]:
+    """Apply, evaluate, reset. Returns the metrics and the time of each part."""
+    assert session.evaluator is not None and session.base is not None
+    t0 = time.perf_counter()
+    with session.editor.applied(plan(session.layout.writers, session.directions, params)):
+        t1 = time.perf_counter()
+        metrics = session.evaluator.evaluate(
+            prune_kl=session.settings.kl_prune_threshold, fallback=session.base
+        )
+        t2 = time.perf_counter()
+    t3 = time.perf_counter()
+    parts = {f"evaluate_{k}": v for k, v in metrics.seconds.items()}
+    timing = {"edit": t1 - t0, "evaluate": t2 - t1, **parts, "reset": t3 - t2}
+    return metrics, {**timing, "total": t3 - t0}
+
+
+def trial_record(
+    session: Session, number: int, params: EditParams, metrics: Metrics, timing: dict[str, float]
+) -> dict:
+    rs = refusal_score(metrics.values, session.base_refusal_rate, session.weights)
+    ks = kl_score(metrics["kl"], session.weights)
+    return {
+        "number": number,
+        "params": params.to_dict(),
+        "metrics": metrics.values,
+        "refusal_score": rs,
+        "kl_score": ks,
+        "pruned": metrics.pruned,
+        "seconds": {k: round(v, 4) for k, v in timing.items()},
+        "strengths": strength_table(session.layout.n_layers, params),
+        "samples": answer_samples(metrics, session.evaluator),
+    }
+
+
+def sync_trial_files(session: Session, study) -> None:
+    """Write trial records that exist in the study but not on disk (other workers' trials, or a
+    worker killed between finishing a trial and writing its file)."""
+    have = set(session.run_dir.trial_numbers())
+    for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
+        if t.number not in have and "record" in t.user_attrs:
+            session.run_dir.save_trial(
+                {**t.user_attrs["record"], "samples": t.user_attrs.get("samples", {})}
+            )
+
+
+def session_study(session: Session):
+    return st.open_study_for(session.settings, session.run_dir)

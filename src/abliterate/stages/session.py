@@ -1,0 +1,204 @@
+"""Stages 1-4 of a run: the run directory, the model, the prompt sets and the refusal
+directions, held together in a `Session` that the search, the choice and the exports work on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from abliterate.config import Settings
+from abliterate.edit.check import check_writes
+from abliterate.edit.editor import WeightEditor, untie_embeddings
+from abliterate.edit.plan import Directions
+from abliterate.errors import AbliterateError
+from abliterate.eval.evaluate import Evaluator, Metrics
+from abliterate.events import Events
+from abliterate.model import loading
+from abliterate.model.arch import Layout, discover
+from abliterate.prompts import load_prompt_set
+from abliterate.runs import (
+    RunDir,
+    describe_differences,
+    differences,
+    settings_dict,
+)
+from abliterate.search import study as st
+from abliterate.search.objective import ObjectiveWeights
+from abliterate.stages.directions import check_shape, directions_from_tensors, obtain_directions
+
+
+@dataclass
+class Session:
+    """A loaded model in its run: what `run`, `export` and `chat --trial` work on."""
+
+    settings: Settings
+    run_dir: RunDir
+    model: Any
+    tokenizer: Any
+    layout: Layout
+    directions: Directions
+    editor: WeightEditor
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+    evaluator: Evaluator | None = None
+    base: Metrics | None = None
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    batch_size: int = 16
+
+    @property
+    def base_refusal_rate(self) -> float:
+        assert self.base is not None
+        return self.base["refusal_rate"]
+
+
+def resolve_prompt_defaults(settings: Settings, root: str | None = None) -> Settings:
+    """A model directory that carries `prompts/` and `eval/` (the organism) supplies the prompt
+    sets that were not set explicitly. `root` defaults to the model itself."""
+    root = Path(root or settings.model)
+    files = {
+        "harmful_prompts": root / "prompts" / "harmful.txt",
+        "harmless_prompts": root / "prompts" / "harmless.txt",
+        "harmful_eval_prompts": root / "eval" / "harmful.txt",
+        "harmless_eval_prompts": root / "eval" / "harmless.txt",
+    }
+    updates: dict[str, Any] = {
+        key: {"dataset": str(path), "split": "train", "column": "text"}
+        for key, path in files.items()
+        if key not in settings.model_fields_set and path.is_file()
+    }
+    probes = root / "eval" / "capability.jsonl"
+    if settings.capability_prompts is None and probes.is_file():
+        updates["capability_prompts"] = str(probes)
+    if not updates:
+        return settings
+    return Settings.model_validate({**settings.model_dump(), **updates})
+
+
+PROMPT_SETS = (
+    "harmful_prompts",
+    "harmless_prompts",
+    "harmful_eval_prompts",
+    "harmless_eval_prompts",
+)
+
+
+def load_prompts(settings: Settings, keys: tuple[str, ...] = PROMPT_SETS) -> dict[str, list[str]]:
+    sets = {}
+    for key in keys:
+        spec = getattr(settings, key)
+        sets[key] = load_prompt_set(spec.dataset, spec.split, spec.column, key)
+    return sets
+
+
+def load_model(settings: Settings, events: Events) -> loading.Loaded:
+    return loading.load(
+        settings.model,
+        dtypes=settings.dtypes,
+        device_map=settings.device_map,
+        max_memory=settings.max_memory,
+        offload_folder=settings.offload_folder,
+        quantization=settings.quantization,
+        trust_remote_code=settings.trust_remote_code,
+        chat_template=settings.chat_template,
+        on_message=events.message,
+    )
+
+
+def batch_size(settings: Settings, model) -> int:
+    """The configured batch size, or for 0 a size that suits the device."""
+    if settings.batch_size:
+        return settings.batch_size
+    device = model.get_input_embeddings().weight.device
+    if device.type != "cuda":
+        # 32 rows: on a CPU, decoding re-reads every weight per step, and 32 rows share that
+        # read (64 prompts x 24 tokens of a 0.5 B model: 60 s at 16 rows, 42 s at 32 or 64).
+        return min(settings.max_batch_size, 32)
+    free, _total = torch.cuda.mem_get_info(device)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Generation memory grows with batch x length x layers x hidden; this stays well inside it.
+    per_row = max(
+        1,
+        4
+        * model.config.get_text_config().num_hidden_layers
+        * model.get_input_embeddings().weight.shape[1]
+        * 1024
+        * 2,
+    )
+    fit = max(1, int(0.5 * max(free - 0.1 * params, 0) // per_row))
+    return max(1, min(settings.max_batch_size, 2 ** (fit.bit_length() - 1)))
+
+
+def open_session(
+    settings: Settings, events: Events | None = None, new_run: bool = False, for_search: bool = True
+) -> Session:
+    """Stages 1-4. Also used by export and chat, which only need the directions."""
+    events = events or Events()
+    settings = resolve_prompt_defaults(settings)
+    run_dir = RunDir.for_settings(settings)
+    loading.resolve(settings.model, settings.trust_remote_code)  # a missing model first
+    settings.check_files()
+    if for_search:
+        run_dir.check(settings, new_run=new_run)
+        if settings.storage:
+            join_study(settings, run_dir)
+    # Prompt sets before the model: a bad path or an offline hub id should not cost a load.
+    prompts = load_prompts(settings)
+    loaded = load_model(settings, events)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if "embed" in settings.components and untie_embeddings(model):
+        events.message(
+            "input and output embeddings were tied; untied them so that editing the "
+            "embedding leaves the output head as it was"
+        )
+    layout = discover(model)
+    for warning in layout.warnings:
+        events.message(f"[yellow]warning:[/yellow] {warning}")
+    if for_search:
+        run_dir.commit(settings, new_run=new_run)
+    bs = batch_size(settings, model)
+    tensors = obtain_directions(settings, run_dir, model, tokenizer, layout, prompts, events, bs)
+    directions = directions_from_tensors(tensors)
+    check_shape(directions, layout)
+    editor = WeightEditor(
+        layout, settings.row_normalization, settings.full_normalization_rank, model=model
+    )
+    if for_search:
+        # A writer that discovery missed would make every trial a partial edit: say so loudly.
+        problems = check_writes(model, layout, editor)
+        for problem in problems:
+            events.message(f"[yellow]warning:[/yellow] {problem}")
+        if not problems:
+            n = len(layout.writers)
+            events.message(f"writer check: every layer's residual write is edited ({n} weights)")
+    return Session(
+        settings,
+        run_dir,
+        model,
+        tokenizer,
+        layout,
+        directions,
+        editor,
+        prompts,
+        weights=ObjectiveWeights.from_settings(settings),
+        batch_size=bs,
+    )
+
+
+def join_study(settings: Settings, run_dir: RunDir) -> None:
+    """Workers of one shared study must search the same thing: the first publishes its settings,
+    the others are checked against them."""
+    study, lock = st.open_study_for(settings, run_dir)
+    with lock():
+        saved = st.get_shared(study, "settings")
+        if saved is None:
+            st.set_shared(study, "settings", settings_dict(settings))
+            return
+    diff = differences(saved, settings)
+    if diff:
+        raise AbliterateError(
+            f"study {settings.study_name!r} in {settings.storage} was started with other "
+            f"settings: {describe_differences(saved, settings, diff)}; use the same settings "
+            "on every worker, or another --study-name"
+        )
