@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import Directions, EditParams
 from abliterate.export.api import export_trial
 from abliterate.runs import RunDir, tomllib
+from abliterate.search.record import TrialMetrics, TrialRecord
 from conftest import SHARED_PROMPTS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".gguf", ".ckpt", ".h5", ".msgpack")
@@ -144,15 +146,9 @@ def _directions() -> Directions:
     return Directions(per_layer=d, embedding=d[0])
 
 
-def _record() -> dict:
+def _record() -> TrialRecord:
     params = EditParams("per_layer", {"attn_out": Kernel(1.0, 1.0, 0.5, 2.0)})
-    return {
-        "number": 0,
-        "params": params.to_dict(),
-        "metrics": {"refusal_rate": 0.1, "kl": 0.1},
-        "refusal_score": 0.1,
-        "kl_score": 0.1,
-    }
+    return TrialRecord(0, params, TrialMetrics(refusal_rate=0.1, kl=0.1), 0.1, 0.1)
 
 
 # -- 3. secrets never leave the machine --------------------------------------------------------
@@ -241,6 +237,8 @@ def test_workers_writing_one_trial_file_never_collide(tmp_path):
     """Two workers of a shared study may write the same trial file (sync_trial_files); with a
     fixed temporary name one would rename the other's temporary away and crash."""
     run = RunDir(tmp_path / "run")
+    samples = {"harmful": [{"prompt": "p", "response": "x" * 20_000}]}
+    record = replace(_record(), number=3, samples=samples)
     errors = []
     barrier = threading.Barrier(4)
 
@@ -248,7 +246,7 @@ def test_workers_writing_one_trial_file_never_collide(tmp_path):
         barrier.wait()
         try:
             for i in range(300):
-                run.save_trial({"number": 3, "worker": worker, "i": i, "pad": "x" * 20_000})
+                run.save_trial(replace(record, seconds={"worker": worker, "i": i}))
         except Exception as exc:
             errors.append(exc)
 
@@ -258,7 +256,7 @@ def test_workers_writing_one_trial_file_never_collide(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert json.loads(run.trial_file(3).read_text())["i"] == 299
+    assert json.loads(run.trial_file(3).read_text())["seconds"]["i"] == 299
     assert [p.name for p in run.trials_dir.iterdir()] == ["3.json"]
 
 

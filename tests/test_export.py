@@ -26,6 +26,7 @@ from abliterate.errors import AbliterateError
 from abliterate.export.api import export_trial
 from abliterate.export.hub import push
 from abliterate.model.arch import discover
+from abliterate.search.record import TrialMetrics, TrialRecord
 
 # float32 models; logits differ only by summation order between the paths.
 TOLERANCE = 1e-4
@@ -37,28 +38,22 @@ def _directions(seed: int = 0) -> Directions:
     return Directions(per_layer=d, embedding=d[0])
 
 
-def _record(scope="per_layer", embed=0.0) -> dict:
+def _record(scope="per_layer", embed=0.0) -> TrialRecord:
     params = EditParams(
         scope=scope,
         direction_index=1.3 if scope == "global" else None,
         kernels={"attn_out": Kernel(1.0, 1.0, 0.5, 2.0), "mlp_down": Kernel(1.3, 1.5, 0.2, 2.0)},
         embed_weight=embed,
     )
-    return {
-        "number": 7,
-        "params": params.to_dict(),
-        "refusal_score": 0.1,
-        "kl_score": 0.1,
-        "metrics": {"refusal_rate": 0.1, "kl": 0.1, "overrefusal_rate": 0.0},
-    }
+    return TrialRecord(7, params, TrialMetrics(refusal_rate=0.1, kl=0.1), 0.1, 0.1)
 
 
-def _in_memory(src: Path, directions: Directions, record: dict, row_normalization="none"):
+def _in_memory(src: Path, directions: Directions, record: TrialRecord, row_normalization="none"):
     model = AutoModelForCausalLM.from_pretrained(src)
     untie_embeddings(model)
     layout = discover(model)
     editor = WeightEditor(layout, row_normalization)
-    editor.apply(plan(layout.writers, directions, EditParams.from_dict(record["params"])))
+    editor.apply(plan(layout.writers, directions, record.params))
     return model
 
 
@@ -122,7 +117,7 @@ def test_adapter_factors_are_the_rank_one_edit(tmp_path):
     )
     factors = load_file(result.adapter / "adapter_model.safetensors")
     weights = load_file(src / "model.safetensors")
-    params = EditParams.from_dict(record["params"])
+    params = record.params
     from abliterate.directions import interpolate
 
     v = interpolate(directions.per_layer, params.direction_index)
@@ -213,6 +208,7 @@ STREAM_SCRIPT = textwrap.dedent("""
     from abliterate.edit.kernel import Kernel
     from abliterate.edit.plan import Directions, EditParams
     from abliterate.export.api import export_trial
+    from abliterate.search.record import TrialMetrics, TrialRecord
 
     src, out, cap = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     def vm():
@@ -226,8 +222,7 @@ STREAM_SCRIPT = textwrap.dedent("""
     d = torch.nn.functional.normalize(torch.randn(4, 768, generator=g), dim=-1)
     params = EditParams("per_layer", {"attn_out": Kernel(1.0, 2.0, 0.5, 2.0),
                                       "mlp_down": Kernel(1.0, 2.0, 0.5, 2.0)})
-    record = {"number": 0, "params": params.to_dict(), "metrics": {"refusal_rate": 0, "kl": 0},
-              "refusal_score": 0, "kl_score": 0}
+    record = TrialRecord(0, params, TrialMetrics(refusal_rate=0, kl=0), 0, 0)
     export_trial(load_settings(model=str(src)), Directions(d, d[0]), record, out, "merged",
                  max_shard_size="24MB")
     print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

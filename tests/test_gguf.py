@@ -24,6 +24,7 @@ from abliterate.edit.plan import Directions, EditParams
 from abliterate.errors import AbliterateError
 from abliterate.export.api import export_trial
 from abliterate.model import gguf, loading
+from abliterate.search.record import TrialMetrics, TrialRecord
 
 pytestmark = pytest.mark.slow
 LAYERS, HIDDEN = 30, 576  # SmolLM2-135M
@@ -40,7 +41,7 @@ def _directions() -> Directions:
     return Directions(per_layer=d, embedding=d[0])
 
 
-def _record(embed: float = 0.0) -> dict:
+def _record(embed: float = 0.0) -> TrialRecord:
     params = EditParams(
         scope="per_layer",
         direction_index=None,
@@ -50,13 +51,7 @@ def _record(embed: float = 0.0) -> dict:
         },
         embed_weight=embed,
     )
-    return {
-        "number": 3,
-        "params": params.to_dict(),
-        "refusal_score": 0.1,
-        "kl_score": 0.1,
-        "metrics": {"refusal_rate": 0.1, "kl": 0.1, "overrefusal_rate": 0.0},
-    }
+    return TrialRecord(3, params, TrialMetrics(refusal_rate=0.1, kl=0.1), 0.1, 0.1)
 
 
 def _export(src: Path, out: Path, kind: str, gguf_type: str = "Q8_0", record=None):

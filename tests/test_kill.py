@@ -21,6 +21,7 @@ from abliterate.config import load_settings
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import EditParams
 from abliterate.runs import RunDir
+from abliterate.search.record import TrialMetrics, TrialRecord
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -64,11 +65,7 @@ def fabricated_run(tmp_path: Path) -> Path:
     d = torch.nn.functional.normalize(torch.randn(9, 512, generator=torch.Generator()), dim=-1)
     run.save_directions({"directions": d}, {})
     params = EditParams("per_layer", {"mlp_down": Kernel(1.0, 4.0, 0.5, 4.0)})
-    metrics = {"refusal_rate": 0.1, "kl": 0.01, "overrefusal_rate": 0.0}
-    run.save_trial(
-        {"number": 0, "params": params.to_dict(), "metrics": metrics, "refusal_score": 0.1,
-         "kl_score": 0.01}
-    )  # fmt: skip
+    run.save_trial(TrialRecord(0, params, TrialMetrics(refusal_rate=0.1, kl=0.01), 0.1, 0.01))
     return run.path
 
 

@@ -154,4 +154,4 @@ def test_choice_is_re_measured_with_longer_answers_and_export_agrees(organism_ru
     from abliterate.cli.export import from_run_dir, pick_record
 
     records = from_run_dir(str(run_dir))[2]
-    assert pick_record(records, None, "min-kl-under:0.1")["number"] == chosen
+    assert pick_record(records, None, "min-kl-under:0.1").number == chosen

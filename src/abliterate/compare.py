@@ -11,43 +11,42 @@ from collections.abc import Callable
 from pathlib import Path
 
 from abliterate.config import load_settings
-from abliterate.edit.plan import EditParams, plan
+from abliterate.edit.plan import plan
 from abliterate.errors import AbliterateError
 from abliterate.eval.generate import generate
 from abliterate.prompts import chat_texts
 from abliterate.runs import RunDir
-from abliterate.search.choice import candidate_from_record
-from abliterate.search.select import pareto_front, select
-from abliterate.stages.base import read_base
+from abliterate.search.record import TrialRecord
+from abliterate.search.select import Candidate, pareto_front, select
 from abliterate.stages.session import open_session
 
 POLICIES = ("min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1")
 
 
-def trial_selection(records: list[dict], spec: str) -> list[dict]:
+def trial_selection(records: list[TrialRecord], spec: str) -> list[TrialRecord]:
     """`pareto` (default), `all`, or comma-separated trial numbers."""
     if spec == "all":
         return records
     if spec == "pareto":
-        front = {c.number for c in pareto_front([candidate_from_record(r) for r in records])}
-        return [r for r in records if r["number"] in front]
+        front = {c.number for c in pareto_front([Candidate.from_record(r) for r in records])}
+        return [r for r in records if r.number in front]
     try:
         wanted = {int(x) for x in spec.split(",") if x.strip()}
     except ValueError:
         raise AbliterateError(f"--trials {spec!r}: expected pareto, all or numbers") from None
-    missing = wanted - {r["number"] for r in records}
+    missing = wanted - {r.number for r in records}
     if missing:
         raise AbliterateError(f"no finished trial(s) {sorted(missing)}")
-    return [r for r in records if r["number"] in wanted]
+    return [r for r in records if r.number in wanted]
 
 
-def summary(records: list[dict]) -> dict[str, dict]:
-    cands = [candidate_from_record(r) for r in records]
-    by_number = {r["number"]: r for r in records}
+def summary(records: list[TrialRecord]) -> dict[str, dict]:
+    cands = [Candidate.from_record(r) for r in records]
+    by_number = {r.number: r for r in records}
     out = {}
     for policy in POLICIES:
         c = select(cands, policy)
-        out[policy] = {"trial": c.number, "metrics": by_number[c.number]["metrics"]}
+        out[policy] = {"trial": c.number, "metrics": by_number[c.number].metrics.to_dict()}
     return out
 
 
@@ -86,7 +85,7 @@ _DISTINGUISHING = (
 )
 
 
-def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
+def _run_entry(run_dir: RunDir, chosen: list[TrialRecord], k: int) -> dict:
     settings = load_settings(run_dir.settings_file)
     session = open_session(settings, for_search=False)
     prompts = {
@@ -113,9 +112,7 @@ def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
     base = answers()
     trials = []
     for record in chosen:
-        edits = plan(
-            session.layout.writers, session.directions, EditParams.from_dict(record["params"])
-        )
+        edits = plan(session.layout.writers, session.directions, record.params)
         with session.editor.applied(edits):
             trials.append(_trial_entry(record, prompts, base, answers()))
     dump = settings.model_dump(mode="json")
@@ -123,19 +120,19 @@ def _run_entry(run_dir: RunDir, chosen: list[dict], k: int) -> dict:
         "run_dir": str(run_dir.path),
         "model": settings.model,
         "settings": {k: v for k, v in dump.items() if k in _DISTINGUISHING},
-        "base_metrics": (read_base(run_dir) or {}).get("metrics", {}),
+        "base_metrics": (run_dir.load_base() or {}).get("metrics", {}),
         "trials": trials,
     }
 
 
-def _trial_entry(record: dict, prompts: dict, base: dict, edited: dict) -> dict:
+def _trial_entry(record: TrialRecord, prompts: dict, base: dict, edited: dict) -> dict:
     """One trial of a run in comparison.json: its figures and each prompt's two answers."""
     return {
-        "number": record["number"],
-        "params": record["params"],
-        "metrics": record["metrics"],
-        "refusal_score": record["refusal_score"],
-        "kl_score": record["kl_score"],
+        "number": record.number,
+        "params": record.params.to_dict(),
+        "metrics": record.metrics.to_dict(),
+        "refusal_score": record.refusal_score,
+        "kl_score": record.kl_score,
         "samples": {
             key: [
                 {"prompt": p, "base": b, "edited": e}

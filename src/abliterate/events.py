@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from abliterate.search.record import TrialRecord
 
 
 @dataclass
@@ -13,7 +17,7 @@ class Events:
 
     message: Callable[[str], None] = lambda _m: None
     progress: Callable[[str, int, int], None] = lambda _s, _d, _t: None
-    trial: Callable[[dict, dict], None] = lambda _record, _counts: None
+    trial: Callable[[TrialRecord, dict], None] = lambda _record, _counts: None
 
 
 def counter(events: Events, stage: str, total: int) -> Callable[[int], None]:

@@ -31,6 +31,7 @@ from abliterate.guard import check_output
 from abliterate.model import loading
 from abliterate.model.arch import discover
 from abliterate.prompts import chat_texts
+from abliterate.search.record import TrialMetrics, TrialRecord
 from abliterate.stages.base import eval_settings
 from abliterate.stages.directions import direction_tensors
 from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
@@ -228,16 +229,11 @@ def _chosen_direction(settings, layer, stream, direction_file, model, tok, layou
     return v
 
 
-def _manual_record(params: EditParams, metrics: dict, source: dict) -> dict:
+def _manual_record(params: EditParams, metrics: dict, source: dict) -> TrialRecord:
     """A trial record for a manual edit (trial 0, no search scores), as exports expect."""
-    return {
-        "number": 0,
-        "params": params.to_dict(),
-        "metrics": metrics.get("after", {"refusal_rate": float("nan"), "kl": float("nan")}),
-        "refusal_score": float("nan"),
-        "kl_score": float("nan"),
-        "source": source,
-    }
+    after = metrics.get("after", {"refusal_rate": float("nan"), "kl": float("nan")})
+    nan = float("nan")
+    return TrialRecord(0, params, TrialMetrics.from_dict(after), nan, nan, source=source)
 
 
 def apply_direction(

@@ -27,9 +27,10 @@ from abliterate.events import Events
 from abliterate.export.api import Exported, export_trial, protected_paths
 from abliterate.guard import check_output
 from abliterate.search.choice import candidates, confirm_choice, record_choice, with_confirmations
+from abliterate.search.record import TrialRecord
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front
 from abliterate.search.trials import run_trials, session_study, sync_trial_files
-from abliterate.stages.base import measure_base, read_base
+from abliterate.stages.base import measure_base
 from abliterate.stages.session import Session, open_session, resolve_prompt_defaults
 
 
@@ -39,7 +40,7 @@ class RunResult:
     records and Pareto front, and the chosen trial and its export when a policy chose."""
 
     session: Session
-    records: dict[int, dict] = field(default_factory=dict)
+    records: dict[int, TrialRecord] = field(default_factory=dict)
     front: list[Candidate] = field(default_factory=list)
     chosen: int | None = None
     policy: str | None = None
@@ -87,7 +88,7 @@ def run(
     cands = candidates(study)
     if not cands:
         raise AbliterateError("no trial finished; nothing to choose from")
-    result = RunResult(session, _records(session), pareto_front(cands))
+    result = RunResult(session, session.run_dir.load_trials(), pareto_front(cands))
     if policy is None:
         return result
     chosen = confirm_choice(session, study, cands, policy, events)
@@ -101,7 +102,7 @@ def run(
     return result
 
 
-def export(session: Session, record: dict, output: str, kind: str | None = None) -> Exported:
+def export(session: Session, record: TrialRecord, output: str, kind: str | None = None) -> Exported:
     """Trial `record` of the session's run written to `output` (kind: the run's export setting)."""
     s = session.settings
     return export_trial(
@@ -112,9 +113,5 @@ def export(session: Session, record: dict, output: str, kind: str | None = None)
         kind or s.export,
         s.max_shard_size,
         s.overwrite,
-        read_base(session.run_dir),
+        session.run_dir.load_base(),
     )
-
-
-def _records(session: Session) -> dict[int, dict]:
-    return {n: session.run_dir.load_trial(n) for n in session.run_dir.trial_numbers()}

@@ -29,6 +29,8 @@ from abliterate.errors import AbliterateError
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from abliterate.search.record import TrialRecord
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -197,8 +199,16 @@ class RunDir:
     def save_base(self, record: dict[str, Any]) -> None:
         write_text(self.base_file, json.dumps(record, indent=2))
 
+    def load_base(self) -> dict[str, Any] | None:
+        path = self.base_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
     def save_choice(self, number: int, policy: str) -> None:
         write_text(self.chosen_file, json.dumps({"trial": number, "policy": policy}))
+
+    def load_choice(self) -> dict[str, Any] | None:
+        path = self.chosen_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def save_confirmed(self, confirmed: dict[str, dict[str, float]]) -> None:
         """Trials re-measured before a choice, by trial number (trial files stay as the search
@@ -210,15 +220,22 @@ class RunDir:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     # -- trials ----------------------------------------------------------------------------
-    def save_trial(self, record: dict[str, Any]) -> None:
+    def save_trial(self, record: TrialRecord) -> None:
         self.trials_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.trial_file(record["number"]), json.dumps(record, indent=2))
+        write_text(self.trial_file(record.number), json.dumps(record.to_dict(), indent=2))
 
-    def load_trial(self, number: int) -> dict[str, Any]:
+    def load_trial(self, number: int) -> TrialRecord:
         path = self.trial_file(number)
         if not path.is_file():
             raise AbliterateError(f"trial {number} has no record in {self.trials_dir}")
-        return json.loads(path.read_text(encoding="utf-8"))
+        # Imported here: this module is loaded for `abliterate --help`, and a record's edit
+        # parameters bring torch with them.
+        from abliterate.search.record import TrialRecord
+
+        return TrialRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def load_trials(self) -> dict[int, TrialRecord]:
+        return {n: self.load_trial(n) for n in self.trial_numbers()}
 
     def trial_numbers(self) -> list[int]:
         if not self.trials_dir.is_dir():

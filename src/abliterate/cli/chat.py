@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from abliterate.cli.console import err
 from abliterate.config import load_settings
 from abliterate.errors import AbliterateError
+
+if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch)
+    from abliterate.search.record import TrialRecord
 
 HELP = "commands: /reset (forget the conversation), /quit (leave)"
 
@@ -60,17 +64,17 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def chat_with_trial(
-    session, record: dict, system_prompt: str | None = None, max_new_tokens: int = 256
+    session, record: TrialRecord, system_prompt: str | None = None, max_new_tokens: int = 256
 ) -> None:
     """Chat with trial `record` applied to the session's model; the model is restored after."""
     from abliterate.chat import Conversation
-    from abliterate.edit.plan import EditParams, plan
+    from abliterate.edit.plan import plan
 
-    edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
+    edits = plan(session.layout.writers, session.directions, record.params)
     with session.editor.applied(edits):
         repl(
             Conversation(session.model, session.tokenizer, system_prompt, max_new_tokens),
-            f"{session.settings.model} + trial {record['number']}",
+            f"{session.settings.model} + trial {record.number}",
         )
 
 

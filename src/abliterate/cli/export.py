@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from abliterate.cli.console import err, out, progress
 from abliterate.cli.run import report_export
@@ -13,7 +14,10 @@ from abliterate.errors import AbliterateError
 from abliterate.export.hub import push
 from abliterate.guard import check_output
 from abliterate.runs import RunDir
-from abliterate.search.select import DEFAULT_POLICY, select
+from abliterate.search.select import DEFAULT_POLICY, Candidate, select
+
+if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch)
+    from abliterate.search.record import TrialRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def from_run_dir(path: str):
     """(settings, directions, records by trial number, base metrics) of a run directory."""
     from abliterate.search.choice import with_confirmations
-    from abliterate.stages.base import read_base
     from abliterate.stages.directions import directions_from_tensors
 
     run_dir = RunDir(Path(path))
@@ -66,13 +69,13 @@ def from_run_dir(path: str):
     stored = run_dir.load_directions()
     if stored is None:
         raise AbliterateError(f"{path} has no directions.safetensors: the run never got that far")
-    records = {n: run_dir.load_trial(n) for n in run_dir.trial_numbers()}
+    records = run_dir.load_trials()
     records = with_confirmations(records, run_dir.load_confirmed())
     return (
         settings,
         directions_from_tensors(stored[0]),
         records,
-        read_base(run_dir),
+        run_dir.load_base(),
     )
 
 
@@ -82,19 +85,18 @@ def from_study(url: str, name: str):
     from abliterate.search import study as st
     from abliterate.search.choice import with_confirmations
     from abliterate.search.study import decode_tensors
+    from abliterate.search.trials import study_record
     from abliterate.stages.directions import directions_from_tensors
 
     study = st.open_study(st.open_storage(url, Path("unused")), name)
     saved, shared = st.get_shared(study, "settings"), st.get_shared(study, "directions")
     if saved is None or shared is None:
         raise AbliterateError(f"study {name!r} in {url} has no published settings or directions")
-    records = {}
-    for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
-        if "record" in t.user_attrs:
-            records[t.number] = {
-                **t.user_attrs["record"],
-                "samples": t.user_attrs.get("samples", {}),
-            }
+    records = {
+        t.number: study_record(t)
+        for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,))
+        if "record" in t.user_attrs
+    }
     tensors = decode_tensors(shared["tensors"])
     return (
         Settings.model_validate(saved),
@@ -104,16 +106,16 @@ def from_study(url: str, name: str):
     )
 
 
-def pick_record(records: dict[int, dict], trial: int | None, policy: str | None) -> dict:
-    from abliterate.search.choice import candidate_from_record
-
+def pick_record(
+    records: dict[int, TrialRecord], trial: int | None, policy: str | None
+) -> TrialRecord:
     if not records:
         raise AbliterateError("no finished trials to export")
     if trial is not None:
         if trial not in records:
             raise AbliterateError(f"no finished trial {trial} (have {sorted(records)[:10]}...)")
         return records[trial]
-    cands = [candidate_from_record(r) for r in records.values()]
+    cands = [Candidate.from_record(r) for r in records.values()]
     return records[select(cands, policy or DEFAULT_POLICY).number]
 
 
@@ -157,10 +159,10 @@ def handle(args: argparse.Namespace) -> int:
                 on_progress=lambda d, t: bars.update(task, completed=d, total=t),
                 run_dir=args.run_dir,
             )
-        report_export(result, record["number"])
+        report_export(result, record.number)
         targets = result.paths
     if args.push_to_hub:
         url = push(Path(args.output), args.push_to_hub, args.private)
         err.print(f"[green]uploaded[/green] to {url}")
-    out.print(json.dumps({"trial": record["number"], "paths": [str(p) for p in targets]}))
+    out.print(json.dumps({"trial": record.number, "paths": [str(p) for p in targets]}))
     return 0

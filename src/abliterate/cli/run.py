@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # loaded by the commands that run, not for --help (torch, tra
     from abliterate import pipeline
     from abliterate.export.api import Exported
     from abliterate.model.arch import Layout
+    from abliterate.search.record import TrialRecord
     from abliterate.stages.session import Session
 
 
@@ -100,7 +101,7 @@ class Display:
         if done >= total and not stage.startswith("trials"):
             self.bars.remove_task(self.tasks.pop(stage))
 
-    def trial(self, record: dict, counts: dict) -> None:
+    def trial(self, record: TrialRecord, counts: dict) -> None:
         self.bars.console.print(trial_line(record), highlight=False)
         self.progress("trials", counts["complete"], self.n_trials)
 
@@ -112,20 +113,20 @@ class Display:
         self.bars.__exit__(*exc)
 
 
-def trial_line(record: dict) -> str:
+def trial_line(record: TrialRecord) -> str:
     """One line per trial: where and how hard it edited, and what that did."""
-    m, p = record["metrics"], record["params"]
+    m, p = record.metrics, record.params
     short = {"attn_out": "attn", "mlp_down": "mlp"}
     kern = " ".join(
-        f"{short.get(c, c)} {k['max_weight']:.2f}@{k['peak']:.1f}±{k['span']:.1f}"
-        for c, k in p["kernels"].items()
+        f"{short.get(c, c)} {k.max_weight:.2f}@{k.peak:.1f}±{k.span:.1f}"
+        for c, k in sorted(p.kernels.items())
     )
-    scope = f"dir {p['direction_index']:.2f}" if p["scope"] == "global" else "per-layer"
-    tag = " pruned" if record["pruned"] else ""
+    scope = f"dir {p.direction_index:.2f}" if p.scope == "global" else "per-layer"
+    tag = " pruned" if record.pruned else ""
     return (
-        f"  #{record['number']:<3} {scope:<9} {kern:<30} refusals {m['refusal_rate']:.2f} "
-        f"over {m.get('overrefusal_rate', 0):.2f} KL {m['kl']:.4f} "
-        f"{record['seconds']['total']:.1f}s{tag}"
+        f"  #{record.number:<3} {scope:<9} {kern:<30} refusals {m.refusal_rate:.2f} "
+        f"over {m.overrefusal_rate:.2f} KL {m.kl:.4f} "
+        f"{record.seconds['total']:.1f}s{tag}"
     )
 
 
@@ -159,22 +160,21 @@ def layout_table(layout: Layout, components: list[str]) -> Table:
 
 
 def front_table(
-    cands: list[Candidate], records: dict[int, dict], chosen: int | None = None
+    cands: list[Candidate], records: dict[int, TrialRecord], chosen: int | None = None
 ) -> Table:
     table = Table(title="Pareto front", title_justify="left")
     for col in ("trial", "refusals", "over-refusal", "KL", "refusal score", "scope"):
         table.add_column(col, justify="right" if col != "scope" else "left")
     for c in cands:
-        rec = records.get(c.number, {})
-        m = rec.get("metrics", {})
+        rec = records.get(c.number)
         mark = " *" if c.number == chosen else ""
         table.add_row(
             f"{c.number}{mark}",
             f"{c.refusal_rate:.2f}",
-            f"{m.get('overrefusal_rate', 0):.2f}",
+            f"{rec.metrics.overrefusal_rate:.2f}" if rec else "",
             f"{c.kl:.4f}",
             f"{c.refusal_score:.3f}",
-            rec.get("params", {}).get("scope", ""),
+            rec.params.scope if rec else "",
         )
     return table
 
@@ -216,7 +216,7 @@ def execute(settings: Settings, new_run: bool = False) -> int:
 ACTIONS = ["merged", "adapter", "both", "chat", "upload", "back", "quit"]
 
 
-def menu(session: Session, front: list[Candidate], records: dict) -> int:
+def menu(session: Session, front: list[Candidate], records: dict[int, TrialRecord]) -> int:
     """Choose a trial from the front, then what to do with it, until the user quits."""
     from abliterate.search.choice import record_choice
 
@@ -227,7 +227,7 @@ def menu(session: Session, front: list[Candidate], records: dict) -> int:
         if pick == "q":
             return 0
         record = records[int(pick)]
-        record_choice(session.run_dir, record["number"], "interactive")
+        record_choice(session.run_dir, record.number, "interactive")
         while True:
             action = Prompt.ask("action", choices=ACTIONS, default="merged")
             if action == "quit":
@@ -258,10 +258,10 @@ def menu(session: Session, front: list[Candidate], records: dict) -> int:
                     err.print(f"[red]error:[/red] {exc}")
 
 
-def export(session: Session, record: dict, output: str, kind: str) -> None:
+def export(session: Session, record: TrialRecord, output: str, kind: str) -> None:
     from abliterate import pipeline
 
-    report_export(pipeline.export(session, record, output, kind), record["number"])
+    report_export(pipeline.export(session, record, output, kind), record.number)
 
 
 def report_export(result: Exported, number: int) -> None:

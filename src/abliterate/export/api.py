@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from abliterate.atomic import atomic_directory
 from abliterate.config import EXPORT_CHOICES, Settings, export_kinds
-from abliterate.edit.plan import Directions, EditParams, WriterEdit, plan
+from abliterate.edit.plan import Directions, WriterEdit, plan
 from abliterate.errors import AbliterateError
 from abliterate.export.adapter import write_adapter
 from abliterate.export.card import model_card
@@ -38,6 +38,7 @@ from abliterate.guard import check_output, source_paths
 from abliterate.model import gguf, loading
 from abliterate.model.arch import Layout, discover
 from abliterate.runs import RunDir
+from abliterate.search.record import TrialRecord
 
 KINDS = EXPORT_CHOICES
 
@@ -122,7 +123,7 @@ def _write_config_untied(directory: Path) -> None:
 def export_trial(
     settings: Settings,
     directions: Directions,
-    record: dict,
+    record: TrialRecord,
     output: str | Path,
     kind: str = "merged",
     max_shard_size: str | int = "5GB",
@@ -166,7 +167,7 @@ class _Job:
     (on the meta device) and the planned edits."""
 
     settings: Settings
-    record: dict
+    record: TrialRecord
     base: dict | None
     source: Path
     gguf_source: Path | None
@@ -194,7 +195,7 @@ def _job(settings, directions, record, base, on_progress) -> _Job:
     model = meta_model(source, settings.trust_remote_code)
     layout = discover(model)
     names = CheckpointNames(model)
-    edits = plan(layout.writers, directions, EditParams.from_dict(record["params"]))
+    edits = plan(layout.writers, directions, record.params)
     gains = gains_from_checkpoint(model, layout, shard_files(source), names)
     untie = _untie(model, any(e.writer.component == "embed" for e in edits))
     return _Job(
@@ -248,7 +249,7 @@ def _write_gguf(job: _Job, directory: Path) -> GGUFReport:
         job.resolved(),
         tensor_names(job.model),
         gguf_type,
-        {"trial": job.record["number"], "params": job.record["params"]},
+        {"trial": job.record.number, "params": job.record.params.to_dict()},
         untie=job.untie is not None,
         on_tensor=job.on_progress,
     )

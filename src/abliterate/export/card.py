@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 from abliterate import __version__
+from abliterate.search.record import TrialRecord
 
 METRIC_ROWS = (
     ("refusal rate (harmful prompts)", "refusal_rate"),
@@ -21,7 +22,7 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}" if x < 0.01 else f"{x:.3f}"
 
 
-def measured_notes(settings, record: dict) -> str:
+def measured_notes(settings, record: TrialRecord) -> str:
     """What the in-search figures above rest on: a sample for over-refusal, and the longer
     re-measurement the trial passed before it was chosen."""
     notes = []
@@ -35,11 +36,11 @@ def measured_notes(settings, record: dict) -> str:
             f"In the search, harmless answers were {settings.overrefusal_response_length} "
             f"tokens long (harmful ones {settings.max_response_length})."
         )
-    confirmed = record.get("confirmed")
+    confirmed = record.confirmed
     if confirmed:
         notes.append(
             f"Before it was chosen, this trial's refusal rate was measured again with "
-            f"{confirmed['response_length']}-token answers: {confirmed['refusal_rate']:.3f}."
+            f"{confirmed.response_length}-token answers: {confirmed.refusal_rate:.3f}."
         )
     return "".join(f"\n{n}" for n in notes)
 
@@ -88,8 +89,8 @@ def method_text(settings, params: dict) -> str:
     )
 
 
-def model_card(settings, record: dict, base: dict | None, kind: str, extra: str = "") -> str:
-    params = record["params"]
+def model_card(settings, record: TrialRecord, base: dict | None, kind: str, extra: str = "") -> str:
+    params = record.params.to_dict()
     command = [
         "abliterate",
         "run",
@@ -97,7 +98,7 @@ def model_card(settings, record: dict, base: dict | None, kind: str, extra: str 
         "--config",
         "abliterate.toml",
         "--select",
-        f"trial:{record['number']}",
+        f"trial:{record.number}",
         "--output",
         "OUT",
     ]
@@ -113,11 +114,11 @@ tags: [abliterate, abliterated, uncensored]
 
 This {what} was made from `{settings.model}` with abliterate {__version__}: the weights that write
 into the residual stream were orthogonalized against the model's refusal direction, with the
-strength of the edit per layer chosen by an automatic search (trial {record["number"]}).
+strength of the edit per layer chosen by an automatic search (trial {record.number}).
 
 ## Metrics
 
-{metrics_table(record["metrics"], (base or {}).get("metrics", {}))}
+{metrics_table(record.metrics.to_dict(), (base or {}).get("metrics", {}))}
 
 Evaluation prompts: harmful `{settings.harmful_eval_prompts.describe()}`, harmless
 `{settings.harmless_eval_prompts.describe()}`; greedy decoding, {settings.max_response_length}

@@ -7,18 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from abliterate.atomic import atomic_directory
-from abliterate.edit.plan import EditParams, plan
+from abliterate.edit.plan import plan
 from abliterate.errors import AbliterateError
 from abliterate.export.api import protected_paths
 from abliterate.export.card import model_card
 from abliterate.export.metadata import write_metadata
 from abliterate.guard import check_output
 from abliterate.model.loading import load_tokenizer
+from abliterate.search.record import TrialRecord
 
 
 def export_merged(
     session,
-    record: dict,
+    record: TrialRecord,
     output: str | Path,
     max_shard_size: str = "5GB",
     overwrite: bool = False,
@@ -35,7 +36,7 @@ def export_merged(
             "--no-stream saves the loaded model, and a 4-bit model carries its edit in hooks, not "
             "in its weights; export without --no-stream (it reads the full-precision checkpoint)"
         )
-    edits = plan(session.layout.writers, session.directions, EditParams.from_dict(record["params"]))
+    edits = plan(session.layout.writers, session.directions, record.params)
     with session.editor.applied(edits), atomic_directory(output, overwrite) as tmp:
         session.model.save_pretrained(tmp, max_shard_size=max_shard_size)
         # The tokenizer as shipped, not the session's one set up for batched generation.

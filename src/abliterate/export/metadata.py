@@ -8,6 +8,7 @@ from pathlib import Path
 from abliterate.config import redact
 from abliterate.edit.plan import WriterEdit
 from abliterate.runs import settings_dict, to_toml
+from abliterate.search.record import TrialRecord
 
 
 def direction_record(edits: list[WriterEdit], scope: str) -> dict:
@@ -50,12 +51,17 @@ def public_dict(data: dict) -> dict:
 
 
 def write_metadata(
-    directory: Path, settings, record: dict, edits: list[WriterEdit], base: dict | None, card: str
+    directory: Path,
+    settings,
+    record: TrialRecord,
+    edits: list[WriterEdit],
+    base: dict | None,
+    card: str,
 ) -> None:
     data = public_settings(settings)
-    data["export"] = {"trial": record["number"]}
+    data["export"] = {"trial": record.number}
     (directory / "abliterate.toml").write_text(to_toml(data), encoding="utf-8")
-    trial = {**record, "direction": direction_record(edits, record["params"]["scope"])}
+    trial = {**record.to_dict(), "direction": direction_record(edits, record.params.scope)}
     if base is not None:
         trial["base_metrics"] = base
     (directory / "trial.json").write_text(json.dumps(trial, indent=2), encoding="utf-8")

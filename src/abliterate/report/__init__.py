@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 from abliterate.atomic import write_bytes, write_text
 from abliterate.errors import AbliterateError
 from abliterate.runs import RunDir, read_directions
+from abliterate.search.record import TrialRecord
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
 
 STYLE = """
@@ -44,23 +44,17 @@ def _png(fig, path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def _cand(t: dict) -> Candidate:
-    return Candidate(
-        t["number"],
-        t["refusal_score"],
-        t["kl_score"],
-        t["metrics"]["refusal_rate"],
-        t["metrics"]["kl"],
-    )
-
-
-def chosen_trial(run_dir: RunDir, trials: list[dict], override: int | None) -> int | None:
+def chosen_trial(run_dir: RunDir, trials: list[TrialRecord], override: int | None) -> int | None:
     if override is not None:
         return override
-    path = run_dir.path / "chosen.json"
-    if path.is_file():
-        return json.loads(path.read_text())["trial"]
-    return select([_cand(t) for t in trials], DEFAULT_POLICY).number if trials else None
+    choice = run_dir.load_choice()
+    if choice is not None:
+        return choice["trial"]
+    return (
+        select([Candidate.from_record(t) for t in trials], DEFAULT_POLICY).number
+        if trials
+        else None
+    )
 
 
 def _fmt(x, digits=3) -> str:
@@ -69,7 +63,7 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else html.escape(str(x))
 
 
-def _metric_cards(base: dict, chosen: dict | None) -> str:
+def _metric_cards(base: dict, chosen: TrialRecord | None) -> str:
     rows = [
         ("refusal rate", "refusal_rate"),
         ("over-refusal", "overrefusal_rate"),
@@ -79,7 +73,7 @@ def _metric_cards(base: dict, chosen: dict | None) -> str:
     cards = []
     for label, key in rows:
         before = 0.0 if key == "kl" else base.get(key)
-        after = chosen["metrics"].get(key) if chosen else None
+        after = chosen.metrics.get(key) if chosen else None
         cards.append(
             f'<div class="card">{label}<b>{_fmt(after, 4 if key == "kl" else 2)}</b>'
             f"base: {_fmt(before, 2)}</div>"
@@ -118,22 +112,22 @@ def _samples_table(base_samples: dict, trial_samples: dict) -> str:
     return note + "".join(out)
 
 
-def _trials_table(trials: list[dict], front: set[int], chosen: int | None) -> str:
+def _trials_table(trials: list[TrialRecord], front: set[int], chosen: int | None) -> str:
     head = (
         "<tr><th>trial</th><th>scope</th><th>refusals</th><th>over-refusal</th><th>KL</th>"
         "<th>refusal score</th><th>front</th><th>seconds</th></tr>"
     )
     rows = []
-    for t in sorted(trials, key=lambda t: t["number"]):
-        m = t["metrics"]
-        cls = ' class="chosen"' if t["number"] == chosen else ""
+    for t in sorted(trials, key=lambda t: t.number):
+        m = t.metrics
+        cls = ' class="chosen"' if t.number == chosen else ""
         rows.append(
-            f"<tr{cls}><td class=num>{t['number']}</td><td>{t['params']['scope']}</td>"
-            f"<td class=num>{m['refusal_rate']:.2f}</td>"
-            f"<td class=num>{m.get('overrefusal_rate', 0):.2f}</td>"
-            f"<td class=num>{m['kl']:.4f}</td><td class=num>{t['refusal_score']:.3f}</td>"
-            f"<td>{'yes' if t['number'] in front else ''}</td>"
-            f"<td class=num>{t['seconds']['total']:.1f}</td></tr>"
+            f"<tr{cls}><td class=num>{t.number}</td><td>{t.params.scope}</td>"
+            f"<td class=num>{m.refusal_rate:.2f}</td>"
+            f"<td class=num>{m.overrefusal_rate:.2f}</td>"
+            f"<td class=num>{m.kl:.4f}</td><td class=num>{t.refusal_score:.3f}</td>"
+            f"<td>{'yes' if t.number in front else ''}</td>"
+            f"<td class=num>{t.seconds['total']:.1f}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -149,16 +143,15 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
         raise AbliterateError(f"{path} has no directions yet: nothing to report")
     settings = run_dir.saved_settings()
     trials = [run_dir.load_trial(n) for n in run_dir.trial_numbers()]
-    base_file = run_dir.path / "base.json"
-    base = json.loads(base_file.read_text()) if base_file.is_file() else {}
+    base = run_dir.load_base() or {}
     tensors, meta = read_directions(run_dir.directions_file)
     run_dir.plots_dir.mkdir(exist_ok=True)
     figures = {}
     chosen = chosen_trial(run_dir, trials, trial)
-    by_number = {t["number"]: t for t in trials}
+    by_number = {t.number: t for t in trials}
     if chosen is not None and chosen not in by_number:
         raise AbliterateError(f"trial {chosen} has no record in {run_dir.trials_dir}")
-    front = {c.number for c in pareto_front([_cand(t) for t in trials])}
+    front = {c.number for c in pareto_front([Candidate.from_record(t) for t in trials])}
     P = run_dir.plots_dir
     if trials:
         figures["pareto"] = _png(plots.pareto(trials, front, chosen), P / "pareto.png")
@@ -173,7 +166,7 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
     if chosen is not None:
         t = by_number[chosen]
         figures["mountain"] = _png(
-            plots.mountain(t["strengths"], t["params"].get("embed_weight", 0)), P / "mountain.png"
+            plots.mountain(t.strengths, t.params.embed_weight), P / "mountain.png"
         )
     if "plot_harmful" in tensors:
         hb, hg, method = plots.project_2d(
@@ -204,7 +197,7 @@ def _page(settings, meta, base, trials, chosen_record, front, chosen, figures) -
     )
     settings_rows = "".join(f"<tr><th>{k}</th><td>{_fmt(settings.get(k))}</td></tr>" for k in keys)
     chosen_text = (
-        f"trial {chosen}: {chosen_record['params']['scope']} direction"
+        f"trial {chosen}: {chosen_record.params.scope} direction"
         if chosen_record
         else "no trial chosen"
     )
@@ -230,7 +223,7 @@ def _page(settings, meta, base, trials, chosen_record, front, chosen, figures) -
     if chosen_record:
         sections += [
             "<h2>Answers before and after</h2>",
-            _samples_table(base.get("samples", {}), chosen_record.get("samples", {})),
+            _samples_table(base.get("samples", {}), chosen_record.samples),
         ]
     if trials:
         sections += ["<h2>All trials</h2>", _trials_table(trials, front, chosen)]

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from abliterate.search.record import TrialRecord
+
 COLORS = {
     "attn_out": "#1f77b4",
     "mlp_down": "#d62728",
@@ -19,27 +21,27 @@ COLORS = {
 }
 
 
-def pareto(trials: list[dict], front: set[int], chosen: int | None) -> Figure:
+def pareto(trials: list[TrialRecord], front: set[int], chosen: int | None) -> Figure:
     """KL divergence against refusal rate for every trial; the front joined, the choice starred."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    kl = np.array([max(t["metrics"]["kl"], 1e-5) for t in trials])
-    ref = np.array([t["metrics"]["refusal_rate"] for t in trials])
+    kl = np.array([max(t.metrics.kl, 1e-5) for t in trials])
+    ref = np.array([t.metrics.refusal_rate for t in trials])
     ax.scatter(kl, ref, s=18, color="#999999", label="trial")
-    on_front = sorted((t for t in trials if t["number"] in front), key=lambda t: t["metrics"]["kl"])
+    on_front = sorted((t for t in trials if t.number in front), key=lambda t: t.metrics.kl)
     if on_front:
         ax.plot(
-            [max(t["metrics"]["kl"], 1e-5) for t in on_front],
-            [t["metrics"]["refusal_rate"] for t in on_front],
+            [max(t.metrics.kl, 1e-5) for t in on_front],
+            [t.metrics.refusal_rate for t in on_front],
             "o-",
             color="#ff7f0e",
             ms=5,
             label="Pareto front",
         )
     for t in trials:
-        if t["number"] == chosen:
+        if t.number == chosen:
             ax.scatter(
-                [max(t["metrics"]["kl"], 1e-5)],
-                [t["metrics"]["refusal_rate"]],
+                [max(t.metrics.kl, 1e-5)],
+                [t.metrics.refusal_rate],
                 s=180,
                 marker="*",
                 color="#2ca02c",
@@ -57,18 +59,18 @@ def pareto(trials: list[dict], front: set[int], chosen: int | None) -> Figure:
     return fig
 
 
-def history(trials: list[dict]) -> Figure:
+def history(trials: list[TrialRecord]) -> Figure:
     """Objectives per trial in order, with the best refusal score so far."""
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.5, 4.6), sharex=True)
-    trials = sorted(trials, key=lambda t: t["number"])
-    n = [t["number"] for t in trials]
-    score = np.array([t["refusal_score"] for t in trials])
+    trials = sorted(trials, key=lambda t: t.number)
+    n = [t.number for t in trials]
+    score = np.array([t.refusal_score for t in trials])
     a1.plot(n, score, ".", color="#1f77b4", label="refusal score")
     a1.plot(n, np.minimum.accumulate(score), "-", color="#ff7f0e", label="best so far")
     a1.set_ylabel("refusal score")
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
-    a2.semilogy(n, [max(t["metrics"]["kl"], 1e-5) for t in trials], ".", color="#d62728")
+    a2.semilogy(n, [max(t.metrics.kl, 1e-5) for t in trials], ".", color="#d62728")
     a2.set_ylabel("KL divergence")
     a2.set_xlabel("trial")
     a2.grid(alpha=0.3)

@@ -3,15 +3,15 @@ with longer answers first (see search/select.py)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from abliterate.edit.plan import EditParams, plan
+from abliterate.edit.plan import plan
 from abliterate.events import Events
 from abliterate.runs import (
     RunDir,
 )
 from abliterate.search import study as st
+from abliterate.search.record import Confirmation, TrialRecord
 from abliterate.search.select import Candidate, select_confirmed, with_refusal_rate
+from abliterate.search.trials import study_record
 from abliterate.stages.session import Session
 
 
@@ -20,36 +20,25 @@ def candidates(study) -> list[Candidate]:
     out = []
     confirmed = st.get_shared(study, "confirmed") or {}
     for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
-        rec = t.user_attrs.get("record", {})
-        m = rec.get("metrics", {})
-        cand = Candidate(
-            t.number, t.values[0], t.values[1], m.get("refusal_rate", 1.0), m.get("kl", t.values[1])
-        )
-        out.append(_confirmed(cand, confirmed.get(str(t.number))))
+        if "record" not in t.user_attrs:  # told to the study by something other than a worker
+            out.append(Candidate(t.number, t.values[0], t.values[1], 1.0, t.values[1]))
+            continue
+        again = confirmed.get(str(t.number))
+        record = study_record(t).with_confirmation(Confirmation.from_dict(again) if again else None)
+        out.append(Candidate.from_record(record))
     return out
 
 
-def candidate_from_record(record: dict) -> Candidate:
-    """The trial as the choice sees it: re-measured figures (see `confirm_choice`) win."""
-    m = record["metrics"]
-    cand = Candidate(
-        record["number"], record["refusal_score"], record["kl_score"], m["refusal_rate"], m["kl"]
-    )
-    return _confirmed(cand, record.get("confirmed"))
-
-
-def _confirmed(cand: Candidate, confirmed: dict | None) -> Candidate:
-    if not confirmed:
-        return cand
-    return replace(
-        cand, refusal_rate=confirmed["refusal_rate"], refusal_score=confirmed["refusal_score"]
-    )
-
-
-def with_confirmations(records: dict[int, dict], confirmed: dict[str, dict]) -> dict[int, dict]:
+def with_confirmations(
+    records: dict[int, TrialRecord], confirmed: dict[str, dict]
+) -> dict[int, TrialRecord]:
     """Trial records with their re-measured figures (from confirmed.json or the study)."""
-    return {n: {**r, "confirmed": confirmed[str(n)]} if str(n) in confirmed else r
-            for n, r in records.items()}  # fmt: skip
+    return {
+        n: r.with_confirmation(Confirmation.from_dict(confirmed[str(n)]))
+        if str(n) in confirmed
+        else r
+        for n, r in records.items()
+    }
 
 
 def confirm_choice(
@@ -62,7 +51,7 @@ def confirm_choice(
     length = s.confirm_response_length or 2 * s.max_response_length
 
     def confirm(c: Candidate) -> Candidate:
-        params = EditParams.from_dict(session.run_dir.load_trial(c.number)["params"])
+        params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
             rate = session.evaluator.harmful_refusal_rate(length)
         again = with_refusal_rate(c, rate, session.base_refusal_rate)

@@ -5,17 +5,32 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from abliterate.errors import AbliterateError
+
+if TYPE_CHECKING:  # only for annotations: this module is loaded for --help, records bring torch
+    from abliterate.search.record import TrialRecord
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """A trial as the choice sees it: its two objectives and the figures behind them."""
+
     number: int
     refusal_score: float
     kl_score: float
     refusal_rate: float
     kl: float
+
+    @classmethod
+    def from_record(cls, record: TrialRecord) -> Candidate:
+        """Re-measured figures (see search/choice.py) win over the search's own."""
+        m, again = record.metrics, record.confirmed
+        cand = cls(record.number, record.refusal_score, record.kl_score, m.refusal_rate, m.kl)
+        if again is None:
+            return cand
+        return replace(cand, refusal_rate=again.refusal_rate, refusal_score=again.refusal_score)
 
 
 def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:

@@ -10,6 +10,7 @@ from abliterate.eval.evaluate import Metrics
 from abliterate.events import Events
 from abliterate.search import study as st
 from abliterate.search.objective import kl_score, refusal_score
+from abliterate.search.record import TrialMetrics, TrialRecord
 from abliterate.search.space import SpaceConfig, suggest, warm_starts
 from abliterate.stages.base import answer_samples
 from abliterate.stages.session import Session
@@ -51,9 +52,10 @@ def run_trials(session: Session, events: Events) -> None:
             st.abandon(study, trial)
             raise
         record = trial_record(session, trial.number, params, metrics, timing)
-        trial.set_user_attr("record", {k: v for k, v in record.items() if k != "samples"})
-        trial.set_user_attr("samples", record["samples"])
-        study.tell(trial, [record["refusal_score"], record["kl_score"]])
+        stored = record.to_dict()
+        trial.set_user_attr("record", {k: v for k, v in stored.items() if k != "samples"})
+        trial.set_user_attr("samples", stored["samples"])
+        study.tell(trial, [record.refusal_score, record.kl_score])
         session.run_dir.save_trial(record)
         events.trial(record, st.counts(study))
     sync_trial_files(session, study)
@@ -77,20 +79,18 @@ def evaluate_params(session: Session, params: EditParams) -> tuple[Metrics, dict
 
 def trial_record(
     session: Session, number: int, params: EditParams, metrics: Metrics, timing: dict[str, float]
-) -> dict:
-    rs = refusal_score(metrics.values, session.base_refusal_rate, session.weights)
-    ks = kl_score(metrics["kl"], session.weights)
-    return {
-        "number": number,
-        "params": params.to_dict(),
-        "metrics": metrics.values,
-        "refusal_score": rs,
-        "kl_score": ks,
-        "pruned": metrics.pruned,
-        "seconds": {k: round(v, 4) for k, v in timing.items()},
-        "strengths": strength_table(session.layout.n_layers, params),
-        "samples": answer_samples(metrics, session.evaluator),
-    }
+) -> TrialRecord:
+    return TrialRecord(
+        number=number,
+        params=params,
+        metrics=TrialMetrics.from_dict(metrics.values),
+        refusal_score=refusal_score(metrics.values, session.base_refusal_rate, session.weights),
+        kl_score=kl_score(metrics["kl"], session.weights),
+        pruned=metrics.pruned,
+        seconds={k: round(v, 4) for k, v in timing.items()},
+        strengths=strength_table(session.layout.n_layers, params),
+        samples=answer_samples(metrics, session.evaluator),
+    )
 
 
 def sync_trial_files(session: Session, study) -> None:
@@ -99,10 +99,15 @@ def sync_trial_files(session: Session, study) -> None:
     have = set(session.run_dir.trial_numbers())
     for t in study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,)):
         if t.number not in have and "record" in t.user_attrs:
-            session.run_dir.save_trial(
-                {**t.user_attrs["record"], "samples": t.user_attrs.get("samples", {})}
-            )
+            session.run_dir.save_trial(study_record(t))
 
 
 def session_study(session: Session):
     return st.open_study_for(session.settings, session.run_dir)
+
+
+def study_record(trial) -> TrialRecord:
+    """The record a worker published with its finished trial (see run_trials)."""
+    return TrialRecord.from_dict(
+        {**trial.user_attrs["record"], "samples": trial.user_attrs.get("samples", {})}
+    )

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
 from abliterate.eval.evaluate import EvalSettings, Evaluator, Metrics
 from abliterate.eval.prefix import PrefixCheck
 from abliterate.eval.scorers import MarkerConfig
 from abliterate.events import Events
-from abliterate.runs import (
-    RunDir,
-)
 from abliterate.search import study as st
 from abliterate.stages.session import Session
 
@@ -95,8 +90,3 @@ def answer_samples(m: Metrics, evaluator: Evaluator | None) -> dict[str, list[di
             pairs = zip(src[:SAMPLES], responses[:SAMPLES], strict=True)
             out[key] = [{"prompt": p, "response": r} for p, r in pairs]
     return out
-
-
-def read_base(run_dir: RunDir) -> dict | None:
-    path = run_dir.path / "base.json"
-    return json.loads(path.read_text()) if path.is_file() else None
