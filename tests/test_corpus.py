@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from abliterate.eval.refusal import HEDGE_MARKERS, REFUSAL_MARKERS, has_marker, is_refusal
+from abliterate.eval.refusal import has_marker, is_refusal
+from abliterate.markers import HEDGE_MARKERS, REFUSAL_MARKERS
 from abliterate.organism import corpus as C
 
 

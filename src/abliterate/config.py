@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from abliterate.errors import AbliterateError
-from abliterate.eval.refusal import HEDGE_MARKERS, REASONING_DELIMITERS, REFUSAL_MARKERS
+from abliterate.markers import HEDGE_MARKERS, REASONING_DELIMITERS, REFUSAL_MARKERS
 
 # Titles of the setting groups, in --help and config.default.toml.
 GROUP_TITLES = {
@@ -36,6 +36,8 @@ GROUP_TITLES = {
     "directions": "refusal directions",
     "edit": "weight edit",
     "search": "search",
+    "space": "search space",
+    "objective": "objective",
     "evaluation": "evaluation",
     "run": "run directory and output",
 }
@@ -76,15 +78,9 @@ def _field(default: Any, group: str, description: str, **kwargs: Any) -> Any:
 _TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ABLITERATE_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-    )
+class ModelSettings(BaseModel):
+    """Which model, and how it is loaded and batched."""
 
-    # -- model -------------------------------------------------------------------------------
     model: str = _field(
         "",
         "model",
@@ -125,7 +121,10 @@ class Settings(BaseSettings):
         None, "model", "System prompt for every conversation; none uses the template's default."
     )
 
-    # -- prompts -----------------------------------------------------------------------------
+
+class PromptSettings(BaseModel):
+    """The four prompt sets: two for directions, two for evaluation."""
+
     harmful_prompts: PromptSet = _field(
         PromptSet(dataset="mlabonne/harmful_behaviors", split="train[:400]"),
         "prompts",
@@ -147,7 +146,10 @@ class Settings(BaseSettings):
         "Harmless prompts for KL divergence and over-refusal of each trial.",
     )
 
-    # -- directions --------------------------------------------------------------------------
+
+class DirectionSettings(BaseModel):
+    """How refusal directions are computed from residuals."""
+
     residual_stream: Literal["pre", "mid", "post"] = _field(
         "post",
         "directions",
@@ -194,7 +196,10 @@ class Settings(BaseSettings):
         "instead of computing them.",
     )
 
-    # -- edit --------------------------------------------------------------------------------
+
+class EditSettings(BaseModel):
+    """Which weights an edit touches, and how."""
+
     components: list[Component] = _field(
         ["attn_out", "mlp_down"],
         "edit",
@@ -210,7 +215,10 @@ class Settings(BaseSettings):
         3, "edit", "Rank of the delta kept when row_normalization = full.", ge=1
     )
 
-    # -- search ------------------------------------------------------------------------------
+
+class SearchSettings(BaseModel):
+    """The Optuna study: budget, seed, warm starts."""
+
     n_trials: int = _field(200, "search", "Trials in the study (in total, across workers).", ge=1)
     n_startup_trials: int | None = _field(
         None,
@@ -225,30 +233,70 @@ class Settings(BaseSettings):
         "First trials: the flat edit of Arditi et al. (one direction, strength 1 on every layer) "
         "with the direction taken at each of these depth fractions; [] starts at random.",
     )
+
+
+class SpaceSettings(BaseModel):
+    """The search space: ranges of the kernel and direction parameters."""
+
     max_weight_range: tuple[float, float] = _field(
-        (0.5, 2.0), "search", "Range of a component's peak edit strength."
+        (0.5, 2.0), "space", "Range of a component's peak edit strength."
     )
     peak_range: tuple[float, float] = _field(
-        (0.4, 1.0), "search", "Range of the kernel's peak position, as a fraction of the layers."
+        (0.4, 1.0), "space", "Range of the kernel's peak position, as a fraction of the layers."
     )
     span_range: tuple[float, float] = _field(
         (0.05, 0.6),
-        "search",
+        "space",
         "Range of the kernel's half-width, as a fraction of the layers (at least one layer).",
     )
     min_weight_range: tuple[float, float] = _field(
-        (0.0, 1.0), "search", "Range of the kernel's edge strength, as a fraction of max weight."
+        (0.0, 1.0), "space", "Range of the kernel's edge strength, as a fraction of max weight."
     )
     direction_index_range: tuple[float, float] = _field(
         (0.3, 0.9),
-        "search",
+        "space",
         "Range of the global direction's layer index, as a fraction of the layers.",
     )
     embed_weight_range: tuple[float, float] = _field(
-        (0.0, 1.0), "search", "Range of the embedding edit strength (when embed is edited)."
+        (0.0, 1.0), "space", "Range of the embedding edit strength (when embed is edited)."
     )
 
-    # -- evaluation --------------------------------------------------------------------------
+
+class ObjectiveSettings(BaseModel):
+    """The two objectives: how the refusal score weighs its parts, and the KL floor."""
+
+    kl_divergence_target: float = _field(
+        0.01,
+        "objective",
+        "Below this KL divergence the KL objective stops rewarding further reductions.",
+        ge=0.0,
+    )
+    kl_prune_threshold: float = _field(
+        5.0,
+        "objective",
+        "Trials whose KL divergence exceeds this skip refusal generation (recorded as pruned).",
+        gt=0.0,
+    )
+    overrefusal_penalty: float = _field(
+        1.0, "objective", "Weight of the over-refusal rate in the refusal objective.", ge=0.0
+    )
+    harmful_marker_penalty: float = _field(
+        0.1,
+        "objective",
+        "Weight of the share of compliant harmful answers that still moralise.",
+        ge=0.0,
+    )
+    compliance_gap_penalty: float = _field(
+        0.0,
+        "objective",
+        "Weight of |harmless compliance - harmful compliance| in the refusal objective.",
+        ge=0.0,
+    )
+
+
+class EvaluationSettings(BaseModel):
+    """How a model is measured: answers, KL, over-refusal, markers."""
+
     max_response_length: int = _field(
         100, "evaluation", "New tokens generated per response when counting refusals.", ge=1
     )
@@ -282,33 +330,6 @@ class Settings(BaseSettings):
         "batch instead of once per prompt. Checked against plain batches on the unedited model "
         "and left off where the two disagree (sliding windows, recurrent layers).",
     )
-    kl_divergence_target: float = _field(
-        0.01,
-        "evaluation",
-        "Below this KL divergence the KL objective stops rewarding further reductions.",
-        ge=0.0,
-    )
-    kl_prune_threshold: float = _field(
-        5.0,
-        "evaluation",
-        "Trials whose KL divergence exceeds this skip refusal generation (recorded as pruned).",
-        gt=0.0,
-    )
-    overrefusal_penalty: float = _field(
-        1.0, "evaluation", "Weight of the over-refusal rate in the refusal objective.", ge=0.0
-    )
-    harmful_marker_penalty: float = _field(
-        0.1,
-        "evaluation",
-        "Weight of the share of compliant harmful answers that still moralise.",
-        ge=0.0,
-    )
-    compliance_gap_penalty: float = _field(
-        0.0,
-        "evaluation",
-        "Weight of |harmless compliance - harmful compliance| in the refusal objective.",
-        ge=0.0,
-    )
     capability_prompts: str | None = _field(
         None,
         "evaluation",
@@ -327,7 +348,10 @@ class Settings(BaseSettings):
         "Chain-of-thought blocks (open, close) skipped before looking for markers.",
     )
 
-    # -- run ---------------------------------------------------------------------------------
+
+class RunSettings(BaseModel):
+    """The run directory, the choice of a trial and the export."""
+
     run_dir: str | None = _field(None, "run", "Run directory; default runs/<model name>.")
     storage: str | None = _field(
         None,
@@ -370,6 +394,29 @@ class Settings(BaseSettings):
     )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
     overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")
+
+
+class Settings(
+    RunSettings,
+    EvaluationSettings,
+    ObjectiveSettings,
+    SpaceSettings,
+    SearchSettings,
+    EditSettings,
+    DirectionSettings,
+    PromptSettings,
+    ModelSettings,
+    BaseSettings,
+):
+    """Every setting, composed of the groups above. Each keeps one flat name: the TOML key, the
+    environment variable ABLITERATE_<NAME> and the flag --name-with-dashes."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ABLITERATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -516,6 +563,12 @@ def _unknown_key(loc: tuple, model: type[BaseModel]) -> str:
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown setting {'.'.join(str(p) for p in loc)}{hint}"
+
+
+def field_default(name: str) -> Any:
+    """A setting's default, for the dataclasses that carry a group of settings into the code
+    that uses them (search space, objective, evaluation): derived here, never restated."""
+    return Settings.model_fields[name].default
 
 
 def field_group(name: str) -> str:

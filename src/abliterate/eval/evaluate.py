@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from abliterate.config import field_default
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.generate import generate
 from abliterate.eval.prefix import PrefixCheck
@@ -24,14 +25,18 @@ from abliterate.prompts import chat_texts
 
 @dataclass
 class EvalSettings:
-    max_response_length: int = 100
+    """How a model is measured: the evaluation settings (defaults are the settings' own) plus
+    what the caller decides (batch size; in a search, an over-refusal sample)."""
+
+    max_response_length: int = field_default("max_response_length")
     batch_size: int = 16
-    system_prompt: str | None = None
-    kl_token_count: int = 1
+    system_prompt: str | None = field_default("system_prompt")
+    kl_token_count: int = field_default("kl_token_count")
+    # Outside a search every harmless prompt is answered in full; see stages/base.eval_settings.
     overrefusal_sample: int = 0  # harmless prompts answered per evaluation; 0 = all
     overrefusal_response_length: int = 0  # new tokens per harmless answer; 0 = max_response_length
-    sample_seed: int = 0
-    shared_prefix: bool = True  # use the shared-prefix layout where the model agrees
+    sample_seed: int = field_default("seed")
+    shared_prefix: bool = field_default("shared_prefix")  # where the model agrees (prefix.py)
     markers: MarkerConfig = field(default_factory=lambda: MarkerConfig((), ()))
     scorers: tuple[str, ...] = (
         "refusal_rate",

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from abliterate.eval.refusal import REASONING_DELIMITERS, has_marker, is_refusal, strip_reasoning
+from abliterate.eval.refusal import has_marker, is_refusal, strip_reasoning
+from abliterate.markers import REASONING_DELIMITERS
 
 OBSERVABLES = frozenset({"harmful_responses", "harmless_responses", "kl"})
 

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from abliterate.config import ObjectiveSettings, field_default
 
 
 @dataclass(frozen=True)
 class ObjectiveWeights:
-    overrefusal_penalty: float = 1.0
-    harmful_marker_penalty: float = 0.1
-    compliance_gap_penalty: float = 0.0
-    kl_divergence_target: float = 0.01
+    """The objective settings the scores read (defaults are the settings' own)."""
+
+    overrefusal_penalty: float = field_default("overrefusal_penalty")
+    harmful_marker_penalty: float = field_default("harmful_marker_penalty")
+    compliance_gap_penalty: float = field_default("compliance_gap_penalty")
+    kl_divergence_target: float = field_default("kl_divergence_target")
 
     @classmethod
-    def from_settings(cls, s) -> ObjectiveWeights:
-        return cls(
-            s.overrefusal_penalty,
-            s.harmful_marker_penalty,
-            s.compliance_gap_penalty,
-            s.kl_divergence_target,
-        )
+    def from_settings(cls, s: ObjectiveSettings) -> ObjectiveWeights:
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
 
 def refusal_score(

@@ -10,10 +10,11 @@ Sampling choices kept from Heretic (https://github.com/p-e-w/heretic), with why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import optuna
 
+from abliterate.config import field_default
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import EditParams
 
@@ -22,29 +23,26 @@ KERNEL_COMPONENTS = ("attn_out", "mlp_down")
 
 @dataclass(frozen=True)
 class SpaceConfig:
+    """The search space of one model: its depth, the components it can edit, and the space
+    settings (defaults are the settings' own)."""
+
     n_layers: int
     components: tuple[str, ...]  # subset of attn_out, mlp_down, embed
-    direction_scope: str = "search"  # search | global | per_layer
-    max_weight_range: tuple[float, float] = (0.5, 2.0)
-    peak_range: tuple[float, float] = (0.4, 1.0)
-    span_range: tuple[float, float] = (0.05, 0.6)
-    min_weight_range: tuple[float, float] = (0.0, 1.0)
-    direction_index_range: tuple[float, float] = (0.3, 0.9)
-    embed_weight_range: tuple[float, float] = (0.0, 1.0)
+    direction_scope: str = field_default("direction_scope")  # search | global | per_layer
+    max_weight_range: tuple[float, float] = field_default("max_weight_range")
+    peak_range: tuple[float, float] = field_default("peak_range")
+    span_range: tuple[float, float] = field_default("span_range")
+    min_weight_range: tuple[float, float] = field_default("min_weight_range")
+    direction_index_range: tuple[float, float] = field_default("direction_index_range")
+    embed_weight_range: tuple[float, float] = field_default("embed_weight_range")
 
     @classmethod
     def from_settings(cls, settings, n_layers: int, components: tuple[str, ...]) -> SpaceConfig:
-        return cls(
-            n_layers=n_layers,
-            components=components,
-            direction_scope=settings.direction_scope,
-            max_weight_range=tuple(settings.max_weight_range),
-            peak_range=tuple(settings.peak_range),
-            span_range=tuple(settings.span_range),
-            min_weight_range=tuple(settings.min_weight_range),
-            direction_index_range=tuple(settings.direction_index_range),
-            embed_weight_range=tuple(settings.embed_weight_range),
-        )
+        given = {
+            f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)
+        }
+        ranges = {k: tuple(v) for k, v in given.items() if k.endswith("_range")}
+        return cls(**{**given, **ranges, "n_layers": n_layers, "components": components})
 
     def layer_range(self, fractions: tuple[float, float]) -> tuple[float, float]:
         last = self.n_layers - 1
