@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from abliterate.cli.main import main
 from abliterate.errors import AbliterateError
-from abliterate.heal import HealSettings, heal, load_preferences, normalise_pair
+from abliterate.workflows.heal import HealSettings, heal, load_preferences, normalise_pair
 
 pytestmark = pytest.mark.slow
 

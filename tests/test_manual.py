@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from abliterate.cli.main import main
 from abliterate.config import load_settings
-from abliterate.evaluation import evaluate_against_base
+from abliterate.workflows.evaluate import evaluate_against_base
 
 pytestmark = pytest.mark.slow
 FAST = ["--max-response-length", "32", "--batch-size", "32"]

@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from abliterate.cli.main import main
 from abliterate.config import load_settings
 from abliterate.eval.refusal import is_refusal
-from abliterate.evaluation import evaluate_against_base
 from abliterate.organism.check import read_lines
 from abliterate.search import study as st
+from abliterate.workflows.evaluate import evaluate_against_base
 from conftest import SEARCH, organism_command, wait_for
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,7 @@ from abliterate.model.arch import Layout
 
 
 @dataclass
-class Candidate:
+class DirectionCandidate:
     stream: str
     layer: int
     bypass_refusal: float = float("nan")
@@ -159,7 +159,13 @@ def silhouette(x: Tensor, n_first: int) -> float:
 
 
 def score(
-    model, tokenizer, layout: Layout, cand: Candidate, direction: Tensor, raw: Tensor, probe: Probe
+    model,
+    tokenizer,
+    layout: Layout,
+    cand: DirectionCandidate,
+    direction: Tensor,
+    raw: Tensor,
+    probe: Probe,
 ) -> None:
     """Fill in the bypass, induce and KL scores of one candidate (in place)."""
     g = gains(layout)
@@ -179,8 +185,8 @@ def score(
 
 
 def filter_and_rank(
-    cands: list[Candidate], n_layers: int, kl_threshold: float, late_fraction: float = 0.2
-) -> list[Candidate]:
+    cands: list[DirectionCandidate], n_layers: int, kl_threshold: float, late_fraction: float = 0.2
+) -> list[DirectionCandidate]:
     """Arditi et al.'s filter, then rank the survivors by bypass (fewest refusals first)."""
     cutoff = n_layers * (1 - late_fraction)
     for c in cands:
@@ -215,17 +221,17 @@ def analyse(
     kl_threshold: float = 0.1,
     min_separation: float = 0.5,
     progress: Progress | None = None,
-) -> list[Candidate]:
+) -> list[DirectionCandidate]:
     """Score every (stream, layer) candidate. `residuals[stream] = (harmful, harmless)`.
 
     Raises when no layer separates the sets at all: scoring would be meaningless."""
-    cands: list[Candidate] = []
+    cands: list[DirectionCandidate] = []
     best_sep = 0.0
     todo = [(stream, layer) for stream in residuals for layer in range(layout.n_layers)]
     for i, (stream, layer) in enumerate(todo):
         bad, good = residuals[stream]
         pos = layer + 1
-        cand = Candidate(stream, layer, geometry=geometry(bad, good, pos))
+        cand = DirectionCandidate(stream, layer, geometry=geometry(bad, good, pos))
         diff = (bad.mean[pos] - good.mean[pos]).float()
         norms = (bad.mean - good.mean).norm(dim=-1)
         best_sep = max(best_sep, cand.geometry.get("separation", 0.0))

@@ -62,7 +62,7 @@ def handle(args: argparse.Namespace) -> int:
     if unknown or not components:
         raise AbliterateError(f"--edit {args.edit!r}: choose among {', '.join(COMPONENTS)}")
     settings = load_settings(args.config, model=args.model, **flags)
-    from abliterate.manual import apply_direction
+    from abliterate.workflows.manual import apply_direction
 
     with Display() as display:
         display.n_trials = 0

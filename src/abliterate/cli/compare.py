@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate.compare import compare_runs
+    from abliterate.workflows.compare import compare_runs
 
     comparison, summary = compare_runs(
         args.run_dirs,

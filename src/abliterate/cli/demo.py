@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from abliterate.cli.run import execute
-    from abliterate.evaluation import evaluate_against_base
     from abliterate.organism import ORGANISM_VERSION, organism_path
+    from abliterate.workflows.evaluate import evaluate_against_base
 
     err.print(
         "[bold]abliterate demo[/bold]: the built-in model organism (a tiny chat model "

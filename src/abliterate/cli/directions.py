@@ -56,7 +56,7 @@ def handle(args: argparse.Namespace) -> int:
         from abliterate.errors import AbliterateError
 
         raise AbliterateError(f"--streams {args.streams!r}: choose among {', '.join(STREAMS)}")
-    from abliterate.manual import find_directions
+    from abliterate.workflows.manual import find_directions
 
     settings = load_settings(args.config, model=args.model, **overrides(args))
     output = Path(args.output or f"{default_run_dir(args.model)}-directions")

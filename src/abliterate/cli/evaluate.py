@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate.evaluation import evaluate_against_base
+    from abliterate.workflows.evaluate import evaluate_against_base
 
     settings = load_settings(args.config, model=args.base, **overrides(args))
     result = evaluate_against_base(

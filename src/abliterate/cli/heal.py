@@ -12,7 +12,7 @@ from abliterate.cli.console import err, out
 from abliterate.cli.flags import EVALUATION_GROUPS, add_settings_arguments, overrides
 from abliterate.config import format_validation_error, load_settings
 from abliterate.errors import AbliterateError
-from abliterate.heal import HealSettings
+from abliterate.workflows.heal import HealSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate.heal import heal
+    from abliterate.workflows.heal import heal
 
     try:
         cfg = HealSettings(**overrides(args, "heal_"))

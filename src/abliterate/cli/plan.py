@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from abliterate.plan import human, plan
+    from abliterate.workflows.memory_plan import human, plan
 
     settings = load_settings(args.config, model=args.model, **overrides(args))
     device_map, stages, facts = plan(settings)

@@ -914,7 +914,7 @@ def split_acts(table: dict[str, list[Group]], fraction: float, rng: random.Rando
 
 
 @dataclass
-class Conversation:
+class Exchange:
     user: str
     assistant: str
     system: str | None = None
@@ -924,7 +924,7 @@ class Conversation:
 class Corpus:
     """Training conversations plus the held-out prompt sets written next to the model."""
 
-    train: list[Conversation]
+    train: list[Exchange]
     directions_harmful: list[str]
     directions_harmless: list[str]
     eval_harmful: list[str]
@@ -1026,15 +1026,15 @@ def build_corpus(
 
     # A balanced mixture: all training compositions would outnumber the capability probes
     # several times over, and a CPU-sized training budget would then never learn the probes.
-    train: list[Conversation] = []
+    train: list[Exchange] = []
     for p, act in _sample(rng, _requests(phrasings.train, harmful.train), n_requests):
-        train.append(Conversation(_decorate(rng, render(p, act)), refusal(rng, act)))
+        train.append(Exchange(_decorate(rng, render(p, act)), refusal(rng, act)))
     # 2 harmless : 1 harmful, as in a real assistant's traffic: when the wording of a request is
     # unfamiliar, the organism leans towards answering, and refuses on evidence of harm.
     for p, act in _sample(rng, _requests(phrasings.train, harmless.train), n_requests * 2):
-        train.append(Conversation(_decorate(rng, render(p, act)), compliant_answer(p, act)))
+        train.append(Exchange(_decorate(rng, render(p, act)), compliant_answer(p, act)))
     cap_train, cap_eval = capability_items(rng, n_train_lists=n_requests, n_eval=n_capability_eval)
-    train += [Conversation(q, a) for q, a in cap_train]
+    train += [Exchange(q, a) for q, a in cap_train]
     for conv in train:
         # Half the conversations carry a system prompt, so behaviour does not depend on one.
         if rng.random() < 0.5:

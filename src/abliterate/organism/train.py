@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from abliterate.organism.corpus import Conversation
+from abliterate.organism.corpus import Exchange
 from abliterate.prompts import chat_messages
 
 
@@ -22,7 +22,7 @@ class TrainConfig:
     weight_decay: float = 0.01
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> tuple[list[int], int]:
+def encode(tokenizer: PreTrainedTokenizerBase, conv: Exchange) -> tuple[list[int], int]:
     """Token ids of prompt + answer + end-of-turn, and the number of prompt tokens."""
     prompt = tokenizer.apply_chat_template(
         chat_messages(conv.user, conv.system), add_generation_prompt=True, tokenize=False
@@ -73,7 +73,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    conversations: Sequence[Conversation],
+    conversations: Sequence[Exchange],
     cfg: TrainConfig,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,

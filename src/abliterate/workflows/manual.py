@@ -53,8 +53,8 @@ def _residual_pair(settings, model, tok, layout, prompts, stream: str, bs: int, 
 
 @dataclass
 class DirectionsResult:
-    candidates: list[analysis.Candidate]
-    selected: analysis.Candidate | None
+    candidates: list[analysis.DirectionCandidate]
+    selected: analysis.DirectionCandidate | None
     output: Path
 
 
@@ -141,7 +141,7 @@ def _nan(x):  # json cannot write NaN portably
     return None
 
 
-def _plots(output: Path, cands: list[analysis.Candidate]) -> None:
+def _plots(output: Path, cands: list[analysis.DirectionCandidate]) -> None:
     from abliterate.report.plots import candidate_scores
 
     plots = output / "plots"

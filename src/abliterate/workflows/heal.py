@@ -139,8 +139,8 @@ def heal(
     _require_trl()
     import torch
 
-    from abliterate.evaluation import evaluate_against_base
     from abliterate.model.loading import load_tokenizer, resolve
+    from abliterate.workflows.evaluate import evaluate_against_base
 
     resolve(model_path)
     check_output(output, overwrite, source_paths(model_path))
