@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from abliterate import activations, analysis
+from abliterate import directions as dirmath
 from abliterate.config import STREAMS, Settings
 from abliterate.edit.editor import WeightEditor, untie_embeddings
 from abliterate.edit.kernel import Kernel
@@ -117,9 +118,10 @@ def _save(output: Path, settings: Settings, residuals, cands, selected, probe, t
         )
     if selected is not None:
         bad, good = residuals[selected.stream]
-        diff = (bad.mean[selected.layer + 1] - good.mean[selected.layer + 1]).float()
+        harmful, harmless = bad.mean[selected.layer + 1].float(), good.mean[selected.layer + 1]
+        diff = harmful - harmless.float()
         save_file(
-            {"direction": (diff / diff.norm()).contiguous(), "difference": diff},
+            {"direction": dirmath.mean_difference(harmful, harmless.float()), "difference": diff},
             str(output / "selected.safetensors"),
             metadata={
                 "abliterate": json.dumps({"stream": selected.stream, "layer": selected.layer})
@@ -202,14 +204,11 @@ def compute_direction(
         )
         for k in ("harmful_prompts", "harmless_prompts")
     ]
-    diff = (res[0].mean[layer + 1] - res[1].mean[layer + 1]).float()
+    harmful, harmless = res[0].mean[layer + 1].float(), res[1].mean[layer + 1].float()
+    direction = dirmath.mean_difference(harmful, harmless)  # the same math as a run's
     if settings.orthogonalize_direction:
-        g = res[1].mean[layer + 1].float()
-        g = g / g.norm()
-        diff = diff - (diff @ g) * g
-    if diff.norm() < 1e-8:
-        raise AbliterateError(f"no difference between the sets at layer {layer} ({stream})")
-    return diff / diff.norm()
+        direction = dirmath.project_out(direction, harmless)
+    return direction
 
 
 def _chosen_direction(settings, layer, stream, direction_file, model, tok, layout, events):
