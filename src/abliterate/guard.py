@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from abliterate.atomic import check_writable
+from abliterate.cache import cache_root
 from abliterate.errors import AbliterateError
 
 EXPORT_MARKERS = ("abliterate.toml", "heal.json")
@@ -55,8 +56,6 @@ def source_paths(model: str) -> list[tuple[str, Path]]:
     """What an export made from `model` must never touch: a local directory or GGUF file, the
     Hugging Face cache (where a hub model's files are) and abliterate's own cache (where a GGUF
     is converted)."""
-    from abliterate.cache import cache_root
-
     found = [("the Hugging Face cache", hub_cache()), ("abliterate's cache", cache_root())]
     path = Path(model).expanduser()
     if path.exists():

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from abliterate.errors import AbliterateError
+from abliterate.eval.generate import generate
+from abliterate.prompts import chat_texts
 
 
 def _canonical(text: str) -> str:
@@ -33,9 +35,6 @@ def capability(
     max_new_tokens: int = 24,
 ) -> float:
     """Exact-match rate of greedy answers to `{"prompt", "answer"}` probes."""
-    from abliterate.eval.generate import generate
-    from abliterate.prompts import chat_texts
-
     texts = chat_texts(tokenizer, [i["prompt"] for i in items], system_prompt)
     answers = generate(model, tokenizer, texts, max_new_tokens, batch_size, stop_markers=None)
     return exact_match_rate(answers, [i["answer"] for i in items])

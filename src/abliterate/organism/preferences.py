@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+from abliterate.eval.refusal import is_refusal
 from abliterate.organism.corpus import build_corpus
 
 
@@ -31,8 +32,6 @@ def preference_pairs(seed: int = 0, n: int = 128) -> list[dict[str, str]]:
     rng.shuffle(pool)
     pairs = []
     for conv in pool:
-        from abliterate.eval.refusal import is_refusal
-
         if is_refusal(conv.assistant):
             continue  # healing teaches quality, not refusals
         rejected = _damage(rng, conv.assistant)

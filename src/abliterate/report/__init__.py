@@ -10,6 +10,8 @@ from pathlib import Path
 
 from abliterate.atomic import write_bytes, write_text
 from abliterate.errors import AbliterateError
+from abliterate.eval.refusal import is_refusal
+from abliterate.report import plots
 from abliterate.runs import RunDir, read_directions
 from abliterate.search.record import TrialRecord
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front, select
@@ -82,8 +84,6 @@ def _metric_cards(base: dict, chosen: TrialRecord | None) -> str:
 
 
 def _samples_table(base_samples: dict, trial_samples: dict) -> str:
-    from abliterate.eval.refusal import is_refusal
-
     out = []
     for key in ("harmful", "harmless"):
         before = {s["prompt"]: s["response"] for s in base_samples.get(key, [])}
@@ -134,8 +134,6 @@ def _trials_table(trials: list[TrialRecord], front: set[int], chosen: int | None
 
 def build_report(path: str | Path, trial: int | None = None) -> Path:
     """Write RUN_DIR/report.html and RUN_DIR/plots/*.png; returns the report's path."""
-    from abliterate.report import plots
-
     run_dir = RunDir(Path(path))
     if not run_dir.exists():
         raise AbliterateError(f"{path} is not a run directory (no settings.toml)")

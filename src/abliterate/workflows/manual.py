@@ -32,6 +32,7 @@ from abliterate.guard import check_output
 from abliterate.model import loading
 from abliterate.model.arch import discover
 from abliterate.prompts import chat_texts
+from abliterate.report.plots import candidate_scores
 from abliterate.search.record import TrialMetrics, TrialRecord
 from abliterate.stages.base import eval_settings
 from abliterate.stages.directions import direction_tensors
@@ -144,8 +145,6 @@ def _nan(x):  # json cannot write NaN portably
 
 
 def _plots(output: Path, cands: list[analysis.DirectionCandidate]) -> None:
-    from abliterate.report.plots import candidate_scores
-
     plots = output / "plots"
     plots.mkdir(exist_ok=True)
     for stream in sorted({c.stream for c in cands}):
