@@ -10,15 +10,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import (
+    BatchEncoding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextIteratorStreamer,
+)
 
 from abliterate.eval.generate import model_device
 
 
 @dataclass
 class Conversation:
-    model: object
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     system_prompt: str | None = None
     max_new_tokens: int = 256
     history: list[dict[str, str]] = field(default_factory=list)
@@ -35,12 +40,14 @@ class Conversation:
         self.history.append({"role": "user", "content": text})
         enc = self.tokenizer.apply_chat_template(
             self.messages(), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(model_device(self.model))
+        )
+        assert isinstance(enc, BatchEncoding)  # return_dict=True
+        enc = enc.to(model_device(self.model))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
         def run() -> None:
             with torch.inference_mode():
-                self.model.generate(
+                self.model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time
                     **enc,
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,

@@ -556,7 +556,7 @@ def _unknown_key(loc: tuple, model: type[BaseModel]) -> str:
 
     fields: dict[str, Any] = dict(model.model_fields)
     for part in loc[:-1]:  # descend into a nested table
-        annotation = fields.get(str(part)).annotation if str(part) in fields else None
+        annotation = fields[str(part)].annotation if str(part) in fields else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             fields = dict(annotation.model_fields)
     key = str(loc[-1])
@@ -573,7 +573,7 @@ def field_default(name: str) -> Any:
 
 def field_group(name: str) -> str:
     extra = Settings.model_fields[name].json_schema_extra
-    return extra["group"] if isinstance(extra, dict) else "other"
+    return str(extra["group"]) if isinstance(extra, dict) else "other"
 
 
 def default_toml() -> str:

@@ -31,7 +31,7 @@ def layer_input(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def layer_output(output: object) -> Tensor:
+def layer_output(output: Tensor | tuple | list) -> Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 

@@ -31,8 +31,10 @@ def chat_texts(
     """Each prompt as one user turn, formatted by the model's chat template with the
     generation prompt appended (the position where the residuals are read)."""
     return [
-        tokenizer.apply_chat_template(
-            chat_messages(p, system_prompt), add_generation_prompt=True, tokenize=False
+        str(
+            tokenizer.apply_chat_template(
+                chat_messages(p, system_prompt), add_generation_prompt=True, tokenize=False
+            )
         )
         for p in prompts
     ]

@@ -68,7 +68,7 @@ def handle(args: argparse.Namespace) -> int:
         display.n_trials = 0
         exported, metrics = apply_direction(
             settings,
-            Path(settings.output),
+            Path(flags["output"]),
             args.layer,
             args.stream,
             args.weight,

@@ -34,7 +34,7 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **kwargs)
         self._logged: dict[TaskID, tuple[float, float]] = {}  # task -> (time, completed)
 
-    def update(self, task_id: TaskID, **kwargs) -> None:  # type: ignore[override]
+    def update(self, task_id: TaskID, **kwargs) -> None:
         super().update(task_id, **kwargs)
         if self.console.is_terminal or self.disable:
             return
@@ -82,7 +82,7 @@ def progress() -> Progress:
 def stage_progress() -> Iterator:
     """A callback `(stage, done, total)` that drives one progress bar per stage."""
     with progress() as bars:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:

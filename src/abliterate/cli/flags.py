@@ -12,6 +12,8 @@ import json
 import typing
 from typing import Any
 
+from pydantic import BaseModel
+
 from abliterate.config import GROUP_TITLES, PromptSet, Settings, field_group
 
 
@@ -69,8 +71,8 @@ def _spec(annotation: Any) -> tuple[dict[str, Any], str]:
 
 def add_settings_arguments(
     parser: argparse.ArgumentParser,
-    exclude: set[str] = frozenset(),
-    model: type = Settings,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    model: type[BaseModel] = Settings,
     prefix: str = "setting_",
     title: str | None = None,
     groups_only: set[str] | None = None,

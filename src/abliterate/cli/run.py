@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.progress import TaskID
 from rich.prompt import Prompt
 from rich.table import Table
 
@@ -59,7 +60,8 @@ class Display:
 
     def __init__(self):
         self.bars = progress()
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
+        self.n_trials = 0
         self.started = time.perf_counter()
 
     def events(self) -> pipeline.RunEvents:

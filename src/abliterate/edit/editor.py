@@ -31,6 +31,7 @@ from accelerate.hooks import AlignDevicesHook, ModelHook, SequentialHook, add_ho
 from accelerate.utils import set_module_tensor_to_device
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel
 
 from abliterate.edit.orthogonalize import canonical, effective_direction, factors, project_bias
 from abliterate.edit.plan import WriterEdit
@@ -115,7 +116,7 @@ class WeightEditor:
             if is_4bit(w.weight):
                 # Never modified (see the module docstring): edits are computed from their
                 # dequantized values and added to the writer's output.
-                self._packed[w.name] = (w.weight.data, w.weight.quant_state)
+                self._packed[w.name] = (w.weight.data, w.weight.quant_state)  # type: ignore[attr-defined]  # bitsandbytes Params4bit
             else:
                 self._weights[w.name] = w.weight.detach().to(device, copy=True)
             if w.bias is not None:
@@ -239,7 +240,7 @@ class WeightEditor:
             w.bias.data.copy_(self._biases[w.name])
 
 
-def untie_embeddings(model: nn.Module) -> bool:
+def untie_embeddings(model: PreTrainedModel) -> bool:
     """Give the output head its own copy of a tied embedding matrix, so that editing the input
     embedding does not also edit the unembedding. Returns whether anything was untied."""
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()

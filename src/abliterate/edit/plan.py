@@ -75,7 +75,7 @@ def plan(writers: list[Writer], directions: Directions, params: EditParams) -> l
     strengths = {c: k.strengths(n) for c, k in params.kernels.items()}
     shared = (
         interpolate(directions.per_layer, params.direction_index)
-        if params.scope == "global"
+        if params.direction_index is not None and params.scope == "global"
         else None
     )
     edits = []

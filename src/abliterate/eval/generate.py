@@ -104,7 +104,7 @@ class RefusalStop(StoppingCriteria):
 
 def model_device(model: PreTrainedModel) -> torch.device:
     """Where inputs go: the embedding's device (also right for models spread by accelerate)."""
-    return model.get_input_embeddings().weight.device
+    return next(model.get_input_embeddings().parameters()).device
 
 
 def encoded_batches(
@@ -175,7 +175,7 @@ def generate(
             if stop_markers
             else None
         )
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,

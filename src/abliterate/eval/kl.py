@@ -75,7 +75,7 @@ def reference(
             ref.prefix_length = inputs["past_key_values"].get_seq_length()
             prefix = PrefixCache(model, ids[0, : ref.prefix_length].tolist())
         if token_count > 1:
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time
                 **inputs,
                 do_sample=False,
                 max_new_tokens=token_count,

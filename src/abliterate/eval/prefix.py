@@ -85,7 +85,7 @@ class PrefixCache:
 
     @torch.inference_mode()
     def __init__(self, model: PreTrainedModel, prefix_ids: Sequence[int]):
-        device = model.get_input_embeddings().weight.device
+        device = next(model.get_input_embeddings().parameters()).device
         self.length = len(prefix_ids)
         ids = torch.tensor([list(prefix_ids)], device=device)
         self.cache = model(
@@ -152,7 +152,7 @@ def check(
             p, None, False, f"prompts and answers exceed the sliding window {window}"
         )
     picked = list(texts[:sample])
-    device = model.get_input_embeddings().weight.device
+    device = next(model.get_input_embeddings().parameters()).device
     enc = tokenizer(picked, return_tensors="pt", padding=True, add_special_tokens=False)
     try:
         plain = model(**enc.to(device), use_cache=False, logits_to_keep=1).logits[:, -1]

@@ -98,7 +98,7 @@ class _Targets:
             self.tensors[f"{PREFIX}{module}.lora_B.weight"] = b
             self.modules.append(module)
             self.conv1d |= type(w.module).__name__ == "Conv1D"
-            if r.bias_edited:
+            if r.bias_edited and r.bias_value is not None:
                 self.tensors[f"{PREFIX}{module}.base_layer.bias"] = r.bias_value
                 self.biases = True
         self.ranks[module] = b.shape[-1]

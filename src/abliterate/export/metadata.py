@@ -16,7 +16,7 @@ def direction_record(edits: list[WriterEdit], scope: str) -> dict:
     rounded = lambda t: [round(float(x), 7) for x in t]  # noqa: E731
     if scope == "global" and edits:
         return {"scope": "global", "vector": rounded(edits[0].direction)}
-    per_layer = {}
+    per_layer: dict[str, list] = {}
     for e in edits:
         per_layer.setdefault(str(e.writer.layer), rounded(e.direction))
     return {"scope": scope, "vectors": per_layer}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from torch import nn
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,9 @@ class Target:
     expert: int | None = None  # slice of a fused 3-D parameter, for per-expert checkpoint tensors
 
 
-def _rules(model: nn.Module) -> tuple[list[tuple[re.Pattern, str]], list[tuple[re.Pattern, str]]]:
+def _rules(
+    model: PreTrainedModel,
+) -> tuple[list[tuple[re.Pattern, str]], list[tuple[re.Pattern, str]]]:
     """(renamings, expert merges) as regex substitutions, from transformers' mapping."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
@@ -46,7 +48,7 @@ def _rules(model: nn.Module) -> tuple[list[tuple[re.Pattern, str]], list[tuple[r
 
 
 class CheckpointNames:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: PreTrainedModel):
         self.renames, self.merges = _rules(model)
         self.params = {n for n, _ in model.named_parameters()}
 

@@ -15,6 +15,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], Tensor]]
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield key, (lambda f=f, key=key: f.get_tensor(key))
+                yield key, partial(f.get_tensor, key)
 
 
 class ShardWriter:
@@ -206,7 +207,7 @@ def stream_export(
             original = tensor if untie_output_name and target.name == embed_name else None
             tensor = edit_writer(tensor, r, target.expert)
             r.experts_seen.add(target.expert)
-            if original is not None and writer:
+            if original is not None and writer and untie_output_name:
                 writer.add(untie_output_name, original)
         elif target.name in biases:
             r = biases[target.name]

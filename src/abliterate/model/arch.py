@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 # Leaf names of modules that write into the residual stream.
 WRITER_NAMES = frozenset(
@@ -95,7 +96,7 @@ class Writer:
 
     def describe(self) -> str:
         w = self.weight
-        shape = "x".join(map(str, w.quant_state.shape if is_4bit(w) else w.shape))
+        shape = "x".join(map(str, w.quant_state.shape if is_4bit(w) else w.shape))  # type: ignore[attr-defined]  # bitsandbytes Params4bit
         extras = []
         if self.fused_experts:
             extras.append(f"{self.weight.shape[0]} fused experts")
@@ -139,8 +140,8 @@ def _get(obj: object, path: str) -> object | None:
     return obj
 
 
-def hidden_size(model: nn.Module) -> int:
-    return model.get_input_embeddings().weight.shape[1]
+def hidden_size(model: PreTrainedModel) -> int:
+    return next(model.get_input_embeddings().parameters()).shape[1]
 
 
 def find_layers(model: nn.Module) -> tuple[nn.ModuleList, str]:
@@ -194,7 +195,7 @@ def _linear_axis(module: nn.Module, hidden: int) -> int | None:
     if type(module).__name__ == "Conv1D":
         return 1 if w.shape[1] == hidden else None
     if is_4bit(w):  # packed storage: the real shape is in the quantization state
-        return 0 if w.quant_state.shape[0] == hidden else None
+        return 0 if w.quant_state.shape[0] == hidden else None  # type: ignore[attr-defined]  # bitsandbytes Params4bit
     return 0 if w.shape[0] == hidden else None
 
 
@@ -271,7 +272,7 @@ def _candidates(layer: nn.Module, hidden: int) -> list[str]:
     return found
 
 
-def discover(model: nn.Module) -> Layout:
+def discover(model: PreTrainedModel) -> Layout:
     """Find the embedding and every residual writer of every decoder layer."""
     layers, path = find_layers(model)
     d = hidden_size(model)

@@ -206,11 +206,13 @@ def smoke_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> No
         [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
     )
     enc = tokenizer([text], return_tensors="pt", add_special_tokens=False)
-    enc = enc.to(model.get_input_embeddings().weight.device)
+    enc = enc.to(next(model.get_input_embeddings().parameters()).device)
     logits = model(**enc).logits[:, -1]
     if not torch.isfinite(logits).all():
         raise RuntimeError("non-finite logits")
-    model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time
+        **enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
 
 
 def _smoke_tested(model, tokenizer) -> str | None:

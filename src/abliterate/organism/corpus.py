@@ -892,7 +892,7 @@ def split_group(verbs: list[str], objects: list[str], fraction: float, rng: rand
     verb_left = {v: len(objects) for v in verbs}
     object_left = {o: len(verbs) for o in objects}
     target = round(len(pairs) * fraction)
-    held = []
+    held: list[tuple[str, str]] = []
     for v, o in pairs:
         if len(held) < target and verb_left[v] > 1 and object_left[o] > 1:
             held.append((v, o))

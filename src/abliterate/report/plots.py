@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed; must precede pyplot
@@ -96,7 +98,7 @@ def directions(norms: np.ndarray, separation: np.ndarray) -> Figure:
     return fig
 
 
-def mountain(strengths: dict[str, list[float]], embed: float = 0.0) -> Figure:
+def mountain(strengths: Mapping[str, list[float]], embed: float = 0.0) -> Figure:
     """The chosen trial's edit strength per layer for each component."""
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     width = 0.8 / max(1, len(strengths))

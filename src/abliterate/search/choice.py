@@ -47,13 +47,14 @@ def confirm_choice(
     """Choose by `policy`, re-measuring the picked trials with longer answers first (see
     `select_confirmed`); what was re-measured is saved in the run directory and the study."""
     s = session.settings
-    assert session.evaluator is not None
+    evaluator = session.evaluator
+    assert evaluator is not None
     length = s.confirm_response_length or 2 * s.max_response_length
 
     def confirm(c: Candidate) -> Candidate:
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            rate = session.evaluator.harmful_refusal_rate(length)
+            rate = evaluator.harmful_refusal_rate(length)
         again = with_refusal_rate(c, rate, session.base_refusal_rate)
         events.message(
             f"re-measured trial {c.number} with {length}-token answers: refusals "

@@ -28,7 +28,7 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
         markers=MarkerConfig(
             settings.refusal_markers,
             settings.hedge_markers,
-            [tuple(p) for p in settings.reasoning_delimiters],
+            [(p[0], p[1]) for p in settings.reasoning_delimiters],
         ),
     )
 

@@ -100,6 +100,7 @@ def compute_directions(
 def direction_tensors(
     bad: activations.Residuals, good: activations.Residuals, settings: Settings
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    assert bad.full is not None and good.full is not None  # collected with keep_full
     lead = dirmath.uninformative_prefix(bad.mean - good.mean)
     raw = dirmath.mean_difference(bad.mean[lead:], good.mean[lead:])
     final = dirmath.project_out(raw, good.mean[lead:]) if settings.orthogonalize_direction else raw
@@ -120,7 +121,7 @@ def direction_tensors(
             )
             bases.append(torch.cat([basis, basis.new_zeros(k - basis.shape[0], basis.shape[1])]))
         tensors["benign"] = torch.stack(bases).float()  # (L, k, d)
-    tensors.update(plotanswer_samples(bad, good))
+    tensors.update(plot_samples(bad, good))
     meta = {
         "stream": settings.residual_stream,
         "orthogonalize_direction": settings.orthogonalize_direction,
@@ -140,6 +141,7 @@ def layer_statistics(
 ) -> dict[str, Tensor]:
     """Per position: |mean difference|, cosine of the two means, and the separation of the
     two sets along the direction (difference of projected means over pooled std)."""
+    assert bad.full is not None and good.full is not None  # collected with keep_full
     diff_norm = torch.linalg.vector_norm(bad.mean - good.mean, dim=-1)
     cos = torch.nn.functional.cosine_similarity(bad.mean, good.mean, dim=-1)
     pb = torch.einsum("npd,pd->np", bad.full.float(), raw.float())
@@ -152,10 +154,11 @@ def layer_statistics(
     }
 
 
-def plotanswer_samples(
+def plot_samples(
     bad: activations.Residuals, good: activations.Residuals, n_layers: int = 4, n_rows: int = 200
 ) -> dict[str, Tensor]:
     """Residuals of a few evenly spaced layers, for the report's 2-D projections."""
+    assert bad.full is not None and good.full is not None  # collected with keep_full
     positions = bad.full.shape[1]
     picks = sorted({round(x) for x in torch.linspace(1, positions - 1, n_layers).tolist()})
     idx = torch.tensor(picks)

@@ -56,19 +56,19 @@ class Session:
 def resolve_prompt_defaults(settings: Settings, root: str | None = None) -> Settings:
     """A model directory that carries `prompts/` and `eval/` (the organism) supplies the prompt
     sets that were not set explicitly. `root` defaults to the model itself."""
-    root = Path(root or settings.model)
+    base = Path(root or settings.model)
     files = {
-        "harmful_prompts": root / "prompts" / "harmful.txt",
-        "harmless_prompts": root / "prompts" / "harmless.txt",
-        "harmful_eval_prompts": root / "eval" / "harmful.txt",
-        "harmless_eval_prompts": root / "eval" / "harmless.txt",
+        "harmful_prompts": base / "prompts" / "harmful.txt",
+        "harmless_prompts": base / "prompts" / "harmless.txt",
+        "harmful_eval_prompts": base / "eval" / "harmful.txt",
+        "harmless_eval_prompts": base / "eval" / "harmless.txt",
     }
     updates: dict[str, Any] = {
         key: {"dataset": str(path), "split": "train", "column": "text"}
         for key, path in files.items()
         if key not in settings.model_fields_set and path.is_file()
     }
-    probes = root / "eval" / "capability.jsonl"
+    probes = base / "eval" / "capability.jsonl"
     if settings.capability_prompts is None and probes.is_file():
         updates["capability_prompts"] = str(probes)
     if not updates:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from typing import Any
 
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
@@ -45,15 +46,12 @@ def evaluate_against_base(
         prompts["harmless_eval_prompts"],
         eval_settings(settings, bs),
     )
-    result = {"model": model, "base": base, "base_metrics": evaluator.evaluate().values}
-    if probes:
-        result["base_metrics"]["capability"] = capability(
-            base_model.model, base_model.tokenizer, probes, bs, settings.system_prompt
-        )
+    measured = _measure(evaluator, probes, settings.system_prompt)
+    result: dict[str, Any] = {"model": model, "base": base, "base_metrics": measured}
     base_ids = base_model.tokenizer(evaluator.harmless_texts[0])["input_ids"]
     # The reference log-probs live on the CPU: the base model can go before the model loads.
     del base_model
-    evaluator.model = None
+    evaluator.model = None  # type: ignore[assignment]  # freed until the edited model is set
     gc.collect()
 
     if loaded is not None:
@@ -66,10 +64,17 @@ def evaluate_against_base(
             f"{model} and {base} tokenize differently: KL divergence needs the same tokenizer"
         )
     evaluator.model, evaluator.tokenizer = edited_model, edited_tok
-    result["metrics"] = evaluator.evaluate().values
-    if probes:
-        result["metrics"]["capability"] = capability(
-            edited_model, edited_tok, probes, bs, settings.system_prompt
-        )
+    result["metrics"] = _measure(evaluator, probes, settings.system_prompt)
     result["prompts"] = {k: len(v) for k, v in prompts.items() if "eval" in k}
     return result
+
+
+def _measure(evaluator: Evaluator, probes, system_prompt: str | None) -> dict[str, float]:
+    """The evaluator's metrics of the model it holds, with capability when there are probes."""
+    metrics = dict(evaluator.evaluate().values)
+    if probes:
+        bs = evaluator.settings.batch_size
+        metrics["capability"] = capability(
+            evaluator.model, evaluator.tokenizer, probes, bs, system_prompt
+        )
+    return metrics

@@ -100,7 +100,7 @@ def find_directions(
     cands = analysis.analyse(
         model, tok, layout, residuals, probe, kl_threshold, progress=events.progress
     )
-    ranked = sorted((c for c in cands if c.rank), key=lambda c: c.rank)
+    ranked = sorted((c for c in cands if c.rank), key=lambda c: c.rank or 0)
     selected = ranked[0] if ranked else None
     output.mkdir(parents=True, exist_ok=True)
     _save(output, settings, residuals, cands, selected, probe, tok)

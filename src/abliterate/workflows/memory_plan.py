@@ -76,7 +76,7 @@ def plan(settings: Settings) -> tuple[dict, list[Stage], dict]:
 
 def _device_map(settings: Settings, model, dtype) -> dict:
     """accelerate's placement of the model under the memory settings (RAM as the CPU's)."""
-    max_memory = settings.max_memory or {k: v for k, v in get_max_memory().items()}
+    max_memory: dict = settings.max_memory or {k: v for k, v in get_max_memory().items()}
     if "cpu" not in max_memory:
         max_memory["cpu"] = _ram()
     return infer_auto_device_map(
@@ -137,7 +137,7 @@ def _stages(settings: Settings, model, layout, dtype, per_param: float, n_params
     return stages
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
