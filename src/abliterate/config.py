@@ -377,7 +377,7 @@ class RunSettings(BaseModel):
         None,
         "run",
         "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R), "
-        "min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.1.",
+        "min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.05.",
     )
     confirm_trials: int = _field(
         3,

@@ -129,6 +129,10 @@ class RunDir:
         return self.path / "chosen.json"
 
     @property
+    def report_file(self) -> Path:
+        return self.path / "report.html"
+
+    @property
     def confirmed_file(self) -> Path:
         return self.path / "confirmed.json"
 

@@ -176,7 +176,7 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
         )
     chosen_record = by_number.get(chosen) if chosen is not None else None
     page = _page(settings, meta, base, trials, chosen_record, front, chosen, figures)
-    target = run_dir.path / "report.html"
+    target = run_dir.report_file
     write_text(target, page)
     return target
 

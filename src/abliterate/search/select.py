@@ -66,7 +66,10 @@ def _knee(front: list[Candidate]) -> Candidate:
     return front[max(range(len(front)), key=lambda i: (dist(pts[i]), -front[i].number))]
 
 
-DEFAULT_POLICY = "min-kl-under:0.1"
+# Without a terminal: the lowest KL among trials refusing at most 5 % of the search prompts. A
+# bound at the rate a user wants held out (0.10) picks trials that only just pass it on the
+# search prompts, and refuse more on prompts they were not chosen on (README, real model).
+DEFAULT_POLICY = "min-kl-under:0.05"
 POLICIES = ("min-kl-under:R", "min-refusals", "knee", "trial:N")
 
 
