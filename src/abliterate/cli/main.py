@@ -23,6 +23,7 @@ from abliterate.cli import (
 )
 from abliterate.cli.console import err
 from abliterate.errors import AbliterateError
+from abliterate.threads import configure as configure_threads
 
 # Each module adds its subparser(s) and sets `handler` on them.
 COMMANDS = [
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks (anywhere on the line)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads for torch (anywhere on the line); default: one per core that other "
+        "processes leave idle, followed as the load changes (ABLITERATE_THREADS, OMP_NUM_THREADS "
+        "also fix it)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
@@ -67,15 +77,36 @@ def quiet_transformers() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def lift_global_options(argv: list[str]) -> list[str]:
+    """--debug and --threads are accepted anywhere on the line, not only before the subcommand:
+    move them to the front, where argparse expects them."""
+    front, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--debug" or arg.startswith("--threads="):
+            front.append(arg)
+        elif arg == "--threads" and i + 1 < len(argv):
+            front += argv[i : i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # --debug is accepted anywhere on the line, not only before the subcommand.
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    argv = lift_global_options(list(sys.argv[1:] if argv is None else argv))
     # Parsing imports nothing heavy: --help, --version and usage errors answer at once; torch
     # and transformers load inside the commands that use them.
     args = build_parser().parse_args(argv)
+    debug = args.debug
     try:
+        if args.threads < 0:
+            raise AbliterateError(
+                f"--threads must be 1 or more (0 = automatic), not {args.threads}"
+            )
+        configure_threads(args.threads, lambda msg: err.print(f"[dim]{msg}[/dim]"))
         quiet_transformers()
         return args.handler(args) or 0
     except AbliterateError as exc:

@@ -22,6 +22,7 @@ from transformers import (
     StoppingCriteria,
 )
 
+from abliterate import threads
 from abliterate.eval.prefix import (
     MIN_PREFIX,
     PrefixCache,
@@ -119,6 +120,7 @@ def encoded_batches(
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        threads.recheck()  # batches are where a long evaluation can follow the machine's load
         yield len(batch), enc.to(device)
 
 
@@ -140,6 +142,7 @@ def generation_batches(
             device = model_device(model)
             for b in prefix_batches(rows, p, batch_size, tokenizer.pad_token_id, device):
                 n = b.input_ids.shape[0]
+                threads.recheck()
                 inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
                 yield n, {**inputs, "past_key_values": cache.for_batch(n)}
             return

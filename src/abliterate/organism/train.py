@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from abliterate import threads
 from abliterate.organism.corpus import Exchange
 from abliterate.prompts import chat_messages
 
@@ -99,6 +100,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        threads.recheck()
         losses.append(loss.item())
         if on_step:
             on_step(step, losses[-1])
