@@ -78,12 +78,19 @@ def test_gguf_to_gguf_run_lowers_held_out_refusals(tmp_path):
     exported = next(out.glob("*.gguf"))
     assert exported.stat().st_size <= 1.6 * qwen.stat().st_size
     trial = json.loads((out / "trial.json").read_text())
+    # The run's own held-out report read the exported GGUF back, and cleaned up after itself.
+    held = json.loads((tmp_path / "run" / "held_out.json").read_text())
+    assert held["measured"]["weights"].startswith("GGUF, read back")
+    assert next(iter(trial)) == "held_out"
+    assert "## Held-out evaluation" in (out / "README.md").read_text()
+    assert not gguf.converted_dir(exported).exists()
     # Held out: the val sets, which the run never read. The exported file is read back by
     # transformers' GGUF reader (converted once into the cache, removed afterwards).
     converted = gguf.converted_dir(exported)
     try:
         evaluate = cli(
             "evaluate", str(exported), "--base", str(qwen), "--max-response-length", "24",
+            "--report-response-length", "24",
             "--harmful-eval-prompts", f"{SHARED_PROMPTS / 'harmful_val.jsonl'}",
             "--harmless-eval-prompts", f"{SHARED_PROMPTS / 'harmless_val.jsonl'}:train[:24]",
         )  # fmt: skip

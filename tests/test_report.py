@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -74,7 +75,7 @@ def test_report_renders_in_chromium_without_console_errors(tiny_run, tmp_path):
 def test_report_sections_and_samples(tiny_run):
     page = build_report(tiny_run / "run", trial=1).read_text()
     for heading in (
-        "Result",
+        "In-search result (the prompts the trial was chosen on)",
         "Search",
         "Refusal directions",
         "The chosen edit",
@@ -84,6 +85,16 @@ def test_report_sections_and_samples(tiny_run):
     ):
         assert f"<h2>{heading}</h2>" in page
     assert '<tr class="chosen"><td class=num>1</td>' in page
+
+
+def test_report_shows_the_held_out_figures_of_the_chosen_trial_first(tiny_run):
+    held = json.loads((tiny_run / "run" / "held_out.json").read_text())
+    page = build_report(tiny_run / "run").read_text()  # the run's own choice
+    assert page.index("<h2>Held-out result</h2>") < page.index("<h2>In-search result")
+    refusal = held["chosen"]["refusal_rate"]
+    assert f"({refusal['k']}/{refusal['n']})" in page
+    other = next(n for n in (0, 1, 2) if n != held["trial"])
+    assert "Held-out result" not in build_report(tiny_run / "run", trial=other).read_text()
 
 
 def test_report_cli_and_errors(tiny_run, tmp_path, capsys):

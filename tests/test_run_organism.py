@@ -52,7 +52,15 @@ def test_search_finds_a_trial_that_meets_the_bar(organism_run, organism_dir):
     ]
     assert main(args) == 0
     assert len(_trials(organism_run / "run")) == 30
-    settings = load_settings(model=str(organism_dir), max_response_length=32, batch_size=32)
+    # Measured on the search part of the evaluation sets: the prompts the trial was scored on
+    # (the held-out part has its own test in test_held_out.py).
+    split = json.loads((organism_run / "run" / "split.json").read_text())["search"]
+    sets = {}
+    for key, prompts in split.items():
+        path = organism_run / f"{key}.txt"
+        path.write_text("\n".join(prompts) + "\n")
+        sets[key] = {"dataset": str(path), "split": "train", "column": "text"}
+    settings = load_settings(model=str(organism_dir), max_response_length=32, batch_size=32, **sets)
     result = evaluate_against_base(settings, str(out), str(organism_dir))
     after, before = result["metrics"], result["base_metrics"]
     assert after["refusal_rate"] <= 0.10 and after["overrefusal_rate"] <= 0.05

@@ -145,6 +145,18 @@ class PromptSettings(BaseModel):
         "prompts",
         "Harmless prompts for KL divergence and over-refusal of each trial.",
     )
+    harmful_report_prompts: PromptSet | None = _field(
+        None,
+        "prompts",
+        "Harmful prompts for the held-out report only, never seen by the search or the choice; "
+        "default: report_fraction of harmful_eval_prompts, split off before the search.",
+    )
+    harmless_report_prompts: PromptSet | None = _field(
+        None,
+        "prompts",
+        "Harmless prompts for the held-out report only; default: report_fraction of "
+        "harmless_eval_prompts.",
+    )
 
 
 class DirectionSettings(BaseModel):
@@ -305,6 +317,21 @@ class EvaluationSettings(BaseModel):
         "evaluation",
         "Tokens over which KL divergence is averaged: 1 = first token; N > 1 = the first N "
         "tokens of the base model's own greedy answers (for reasoning models).",
+        ge=1,
+    )
+    report_fraction: float = _field(
+        0.5,
+        "evaluation",
+        "Share of each evaluation set held out for the report of the chosen trial (seeded; "
+        "0 = no held-out report unless report prompt sets are named).",
+        ge=0,
+        lt=1,
+    )
+    report_response_length: int = _field(
+        128,
+        "evaluation",
+        "New tokens per answer in the held-out report (longer than the search's: refusals that "
+        "come after a compliant opening count).",
         ge=1,
     )
     overrefusal_sample: int = _field(

@@ -9,6 +9,8 @@ directory.
     6. search          Optuna trials until the study holds n_trials complete ones
     7. choice          the Pareto front, and a trial chosen by policy (or by the user: the CLI)
     8. export          the chosen trial written to --output
+    9. held-out report the exported model read back from its files, and the base model,
+                       measured on report prompts that the search and the choice never saw
 
 Each stage lives in its own module (stages/, search/, export/); this one only calls them in
 order. Progress and messages go to an `Events` object, so the library prints nothing and the
@@ -31,6 +33,7 @@ from abliterate.search.record import TrialRecord
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front
 from abliterate.search.trials import run_trials, session_study, sync_trial_files
 from abliterate.stages.base import measure_base
+from abliterate.stages.held_out import held_out_report
 from abliterate.stages.session import Session, open_session, resolve_prompt_defaults
 
 
@@ -45,6 +48,7 @@ class RunResult:
     chosen: int | None = None
     policy: str | None = None
     exported: Exported | None = None
+    held_out: dict | None = None  # stages/held_out.py
     interrupted: bool = False  # Ctrl-C during the search: finished trials are saved
 
 
@@ -97,8 +101,11 @@ def run(
     result.front = pareto_front(candidates(study))
     result.chosen, result.policy = chosen.number, policy
     # 8. export
+    record = result.records[chosen.number]
     if settings.output:
-        result.exported = export(session, result.records[chosen.number], settings.output)
+        result.exported = export(session, record, settings.output)
+    # 9. held-out report
+    result.held_out = report(session, record, result.exported, events)
     return result
 
 
@@ -115,3 +122,13 @@ def export(session: Session, record: TrialRecord, output: str, kind: str | None 
         s.overwrite,
         session.run_dir.load_base(),
     )
+
+
+def report(
+    session: Session, record: TrialRecord, exported: Exported | None, events: Events
+) -> dict | None:
+    """Stage 9 for trial `record` (read back from `exported` when given); None when the run
+    holds no report prompts (report_fraction 0 and no report sets named)."""
+    if not session.prompts.get("harmful_report_prompts"):
+        return None
+    return held_out_report(session, record, exported, events)

@@ -136,6 +136,14 @@ class RunDir:
     def confirmed_file(self) -> Path:
         return self.path / "confirmed.json"
 
+    @property
+    def split_file(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def held_out_file(self) -> Path:
+        return self.path / "held_out.json"
+
     def trial_file(self, number: int) -> Path:
         return self.trials_dir / f"{number}.json"
 
@@ -222,6 +230,21 @@ class RunDir:
     def load_confirmed(self) -> dict[str, dict[str, float]]:
         path = self.confirmed_file
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def save_split(self, record: dict[str, Any]) -> None:
+        write_text(self.split_file, json.dumps(record, indent=2))
+
+    def load_split(self) -> dict[str, Any] | None:
+        path = self.split_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def save_held_out(self, record: dict[str, Any]) -> None:
+        """The held-out report of the chosen trial (and of the base model, for reference)."""
+        write_text(self.held_out_file, json.dumps(record, indent=2))
+
+    def load_held_out(self) -> dict[str, Any] | None:
+        path = self.held_out_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     # -- trials ----------------------------------------------------------------------------
     def save_trial(self, record: TrialRecord) -> None:

@@ -205,6 +205,8 @@ def execute(settings: Settings, new_run: bool = False) -> int:
     if result.chosen is None:
         return menu(session, result.front, result.records)
     err.print(f"chose trial {result.chosen} (policy {result.policy})")
+    if result.held_out is not None:
+        out.print(held_out_table(result.held_out))
     if result.exported is not None:
         report_export(result.exported, result.chosen)
     else:
@@ -261,9 +263,40 @@ def menu(session: Session, front: list[Candidate], records: dict[int, TrialRecor
 
 
 def export(session: Session, record: TrialRecord, output: str, kind: str) -> None:
+    """An export chosen in the menu, then measured on the held-out prompts like a run's."""
     from abliterate import pipeline
+    from abliterate.events import Events
 
-    report_export(pipeline.export(session, record, output, kind), record.number)
+    exported = pipeline.export(session, record, output, kind)
+    report_export(exported, record.number)
+    say = Events(message=lambda m: err.print(f"  {m}", highlight=False))
+    held = pipeline.report(session, record, exported, say)
+    if held is not None:
+        out.print(held_out_table(held))
+
+
+def held_out_table(report: dict) -> Table:
+    """The chosen model against the base on the report prompts, with intervals and n."""
+    chosen, base = report["chosen"], report["base"]
+    table = Table(
+        title=f"held-out report: trial {report['trial']}, {chosen['response_length']}-token "
+        f"answers, prompts the search never saw ({report['measured']['weights']})"
+    )
+    for column in ("metric", "base", "chosen", "95% interval", "n"):
+        table.add_column(column)
+    names = {
+        "refusal_rate": "refusal (harmful)",
+        "compliance_rate": "compliance (harmful)",
+        "overrefusal_rate": "over-refusal (harmless)",
+    }
+    names |= {k: k.replace("_", " ") + " (harmless)" for k in chosen if k.startswith("kl")}
+    for key, label in names.items():
+        m = chosen[key]
+        before = f"{base[key]['value']:.3f}" if key in base else "0"
+        interval = f"[{m['low']:.3f}, {m['high']:.3f}]"
+        count = f"{m['k']}/{m['n']}" if "k" in m else str(m["n"])
+        table.add_row(label, before, f"{m['value']:.3f}", interval, count)
+    return table
 
 
 def report_export(result: Exported, number: int) -> None:

@@ -101,15 +101,18 @@ def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def kl_divergence(model: PreTrainedModel, ref: KLReference) -> float:
-    """Mean over prompts (and over the N tokens) of KL(P_base || P_edited)."""
-    total, count = 0.0, 0
+def kl_per_prompt(model: PreTrainedModel, ref: KLReference) -> Tensor:
+    """KL(P_base || P_edited) of each prompt, averaged over its N tokens: (prompts,)."""
+    rows = []
     prefix = None
     if ref.prefix_length:  # the prefix's keys and values under the current (edited) weights
         prefix = PrefixCache(model, ref.input_ids[0][0, : ref.prefix_length].tolist())
     for ids, mask, base in zip(ref.input_ids, ref.attention_mask, ref.logprobs, strict=True):
         edited = _logprobs(model, ids, mask, ref.token_count, prefix).cpu()
-        kl = kl_from_logprobs(base, edited)  # (b, N)
-        total += kl.sum().item()
-        count += kl.numel()
-    return total / count
+        rows.append(kl_from_logprobs(base, edited).mean(-1))  # (b, N) -> (b,)
+    return torch.cat(rows)
+
+
+def kl_divergence(model: PreTrainedModel, ref: KLReference) -> float:
+    """Mean over prompts (and over the N tokens) of KL(P_base || P_edited)."""
+    return kl_per_prompt(model, ref).mean().item()

@@ -139,3 +139,71 @@ new tokens, refusals detected by markers.{measured_notes(settings, record)}
 `abliterate.toml` holds every setting of the run, `trial.json` the trial's parameters, metrics
 and the direction used.
 """
+
+
+HELD_OUT_ROWS = (
+    ("refusal rate (harmful prompts)", "refusal_rate"),
+    ("compliance (normal answers without refusal)", "compliance_rate"),
+    ("over-refusal (harmless prompts)", "overrefusal_rate"),
+    ("KL from base, first token (harmless)", "kl"),
+)
+
+
+def _interval(m: dict | None) -> str:
+    if m is None:
+        return "n/a"
+    count = f"{m['k']}/{m['n']}" if "k" in m else f"n={m['n']}"
+    return f"{_fmt(m['value'])} [{_fmt(m['low'])}, {_fmt(m['high'])}] ({count})"
+
+
+def held_out_table(report: dict) -> str:
+    base, chosen = report["base"], report["chosen"]
+    rows = ["| metric | base model | this model |", "| --- | --- | --- |"]
+    # kl_16_tokens: teacher-forced KL over the base model's first 16 answer tokens
+    kl_rows = tuple(
+        (f"KL from base, first {k.split('_')[1]} answer tokens (harmless)", k)
+        for k in chosen
+        if k.startswith("kl_")
+    )
+    for label, key in HELD_OUT_ROWS + kl_rows:
+        if key not in chosen:
+            continue
+        before = "0" if key.startswith("kl") else _interval(base.get(key))
+        rows.append(f"| {label} | {before} | {_interval(chosen[key])} |")
+    classes = [
+        " / ".join(str(m["answer_classes"]["harmful"][c]) for c in ("empty", "degenerate"))
+        for m in (base, chosen)
+    ]
+    rows.append(f"| empty / degenerate answers (harmful) | {classes[0]} | {classes[1]} |")
+    return "\n".join(rows)
+
+
+def held_out_section(report: dict) -> str:
+    chosen, what = report["chosen"], report["measured"]
+    n_harmful = chosen["refusal_rate"]["n"]
+    n_harmless = chosen["overrefusal_rate"]["n"]
+    weights = ", ".join(f"{k} {v}" for k, v in what.items() if k != "weights")
+    return f"""## Held-out evaluation
+
+Measured after the search on {n_harmful} harmful and {n_harmless} harmless prompts that neither
+the search nor the choice of this trial saw: greedy answers of {chosen["response_length"]} new
+tokens, reasoning blocks removed, refusals detected by markers, 95 % Wilson intervals (KL: mean
+over prompts with a normal-approximation interval). Measured weights: {what["weights"]}
+({weights}). Empty and degenerate (looping) answers never count as compliance.
+
+{held_out_table(report)}
+
+"""
+
+
+def with_held_out(card: str, report: dict) -> str:
+    """The card with the held-out section first and the search's own figures labelled as such."""
+    in_search = "## In-search metrics (measured on the prompts the trial was chosen on)\n"
+    for heading in ("## Metrics\n", in_search):  # a first report, or a newer one
+        head, sep, rest = card.partition(heading)
+        if sep:
+            break
+    else:
+        return card
+    head = head.split("## Held-out evaluation")[0]
+    return head + held_out_section(report) + in_search + rest

@@ -83,6 +83,33 @@ def _metric_cards(base: dict, chosen: TrialRecord | None) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
+def _held_out_cards(held: dict) -> str:
+    """The chosen model's held-out figures, each with its interval and n, beside the base's."""
+    chosen, base = held["chosen"], held["base"]
+    rows = [
+        ("refusal rate", "refusal_rate"),
+        ("compliance", "compliance_rate"),
+        ("over-refusal", "overrefusal_rate"),
+        *((f"KL ({k.replace('_', ' ')})", k) for k in chosen if k.startswith("kl")),
+    ]
+    cards = []
+    for label, key in rows:
+        m = chosen[key]
+        count = f"{m['k']}/{m['n']}" if "k" in m else f"n={m['n']}"
+        before = _fmt(base[key]["value"], 2) if key in base else "0"
+        cards.append(
+            f'<div class="card">{html.escape(label)}<b>{_fmt(m["value"], 3)}</b>'
+            f"[{_fmt(m['low'], 3)}, {_fmt(m['high'], 3)}] ({count}) &middot; base: {before}</div>"
+        )
+    n = chosen["response_length"]
+    note = (
+        f"<p>Trial {held['trial']}, measured after the search on prompts that neither the search "
+        f"nor the choice saw, {n}-token answers, 95 % intervals; weights: "
+        f"{html.escape(held['measured']['weights'])}.</p>"
+    )
+    return note + f'<div class="cards">{"".join(cards)}</div>'
+
+
 def _samples_table(base_samples: dict, trial_samples: dict) -> str:
     out = []
     for key in ("harmful", "harmless"):
@@ -175,13 +202,16 @@ def build_report(path: str | Path, trial: int | None = None) -> Path:
             plots.projections(hb, hg, layers, method), P / "projections.png"
         )
     chosen_record = by_number.get(chosen) if chosen is not None else None
-    page = _page(settings, meta, base, trials, chosen_record, front, chosen, figures)
+    held = run_dir.load_held_out()
+    if held is not None and held["trial"] != chosen:
+        held = None  # a report of another trial than the one shown
+    page = _page(settings, meta, base, trials, chosen_record, front, chosen, figures, held)
     target = run_dir.report_file
     write_text(target, page)
     return target
 
 
-def _page(settings, meta, base, trials, chosen_record, front, chosen, figures) -> str:
+def _page(settings, meta, base, trials, chosen_record, front, chosen, figures, held) -> str:
     keys = (
         "residual_stream",
         "orthogonalize_direction",
@@ -204,7 +234,11 @@ def _page(settings, meta, base, trials, chosen_record, front, chosen, figures) -
         f'<p class="sub">{len(trials)} trials &middot; chosen {html.escape(chosen_text)} '
         f"&middot; directions from {meta.get('n_harmful', '?')} harmful and "
         f"{meta.get('n_harmless', '?')} harmless prompts</p>",
-        "<h2>Result</h2>",
+    ]
+    if held is not None:
+        sections += ["<h2>Held-out result</h2>", _held_out_cards(held)]
+    sections += [
+        "<h2>In-search result (the prompts the trial was chosen on)</h2>",
         _metric_cards(base.get("metrics", {}), chosen_record),
     ]
     if "pareto" in figures:

@@ -28,6 +28,7 @@ from abliterate.runs import (
 from abliterate.search import study as st
 from abliterate.search.objective import ObjectiveWeights
 from abliterate.stages.directions import check_shape, directions_from_tensors, obtain_directions
+from abliterate.stages.split import PAIRS, report_split
 
 
 @dataclass
@@ -84,12 +85,38 @@ PROMPT_SETS = (
 )
 
 
+REPORT_SETS = ("harmful_report_prompts", "harmless_report_prompts")
+
+
 def load_prompts(settings: Settings, keys: tuple[str, ...] = PROMPT_SETS) -> dict[str, list[str]]:
+    """The prompt sets named by `keys`, and the report sets where the settings name them."""
     sets = {}
-    for key in keys:
+    for key in keys + REPORT_SETS:
         spec = getattr(settings, key)
-        sets[key] = load_prompt_set(spec.dataset, spec.split, spec.column, key)
+        if spec is not None:
+            sets[key] = load_prompt_set(spec.dataset, spec.split, spec.column, key)
     return sets
+
+
+def split_prompts(settings: Settings, prompts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The sets with the evaluation ones cut to their search part, and the report parts added
+    (stages/split.py)."""
+    if not all(key in prompts for key, _ in PAIRS):
+        return prompts
+    split = report_split(prompts, settings.report_fraction, settings.seed)
+    return {**prompts, **split.search, **split.report}
+
+
+def save_split(settings: Settings, run_dir: RunDir, prompts: dict[str, list[str]]) -> None:
+    """Record the split; a resumed run whose prompt files changed since is stopped here."""
+    record = report_split(prompts, settings.report_fraction, settings.seed).record()
+    saved = run_dir.load_split()
+    if saved is not None and saved["report"] != record["report"]:
+        raise AbliterateError(
+            f"the held-out report prompts differ from the ones {run_dir.path} was started with "
+            "(did a prompt file change?); use --new-run to start over"
+        )
+    run_dir.save_split(record)
 
 
 def load_model(settings: Settings, events: Events) -> loading.Loaded:
@@ -144,7 +171,8 @@ def open_session(
         if settings.storage:
             join_study(settings, run_dir)
     # Prompt sets before the model: a bad path or an offline hub id should not cost a load.
-    prompts = load_prompts(settings)
+    loaded_sets = load_prompts(settings)
+    prompts = split_prompts(settings, loaded_sets)
     loaded = load_model(settings, events)
     model, tokenizer = loaded.model, loaded.tokenizer
     if "embed" in settings.components and untie_embeddings(model):
@@ -157,6 +185,7 @@ def open_session(
         events.message(f"[yellow]warning:[/yellow] {warning}")
     if for_search:
         run_dir.commit(settings, new_run=new_run)
+        save_split(settings, run_dir, loaded_sets)
     bs = batch_size(settings, model)
     tensors = obtain_directions(settings, run_dir, model, tokenizer, layout, prompts, events, bs)
     directions = directions_from_tensors(tensors)

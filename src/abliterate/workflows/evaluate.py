@@ -13,6 +13,7 @@ from abliterate.eval.evaluate import Evaluator
 from abliterate.events import Events
 from abliterate.model import loading
 from abliterate.stages.base import eval_settings
+from abliterate.stages.held_out import ReportTexts, kl_references, measure
 from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
@@ -24,15 +25,13 @@ def evaluate_against_base(
     loaded: tuple | None = None,
 ) -> dict:
     """Refusal rate, over-refusal, KL from `base`, hedging, compliance gap (and capability when
-    probes are configured) of `model`, and the same for `base` itself. `loaded` = (model,
+    probes are configured) of `model`, and the same for `base` itself; under "report", both
+    measured as a run's held-out report is (stages/held_out.py): answers of
+    report_response_length tokens, rates with Wilson intervals and n, answer classes, first- and
+    multi-token KL, and every answer. `loaded` = (model,
     tokenizer) measures a model already in memory (e.g. right after training) instead of
     loading `model`."""
-    settings = resolve_prompt_defaults(settings.model_copy(update={"model": base}))
-    settings = resolve_prompt_defaults(settings, root=model)
-    # Everything that can be wrong with the input, before either model loads.
-    for spec in (base, model):
-        loading.resolve(spec, settings.trust_remote_code)
-    settings.check_files()
+    settings = _checked(settings, model, base)
     prompts = load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
     events = Events(message=message)
@@ -48,6 +47,8 @@ def evaluate_against_base(
     )
     measured = _measure(evaluator, probes, settings.system_prompt)
     result: dict[str, Any] = {"model": model, "base": base, "base_metrics": measured}
+    long = settings.report_response_length
+    report, refs, base_report = _base_report(base_model, evaluator, long)
     base_ids = base_model.tokenizer(evaluator.harmless_texts[0])["input_ids"]
     # The reference log-probs live on the CPU: the base model can go before the model loads.
     del base_model
@@ -65,8 +66,35 @@ def evaluate_against_base(
         )
     evaluator.model, evaluator.tokenizer = edited_model, edited_tok
     result["metrics"] = _measure(evaluator, probes, settings.system_prompt)
+    # The report's figures: longer answers, intervals and n, answer classes, multi-token KL.
+    result["report"] = {
+        "base": base_report,
+        "model": measure(edited_model, edited_tok, report, evaluator.settings, long, refs),
+    }
     result["prompts"] = {k: len(v) for k, v in prompts.items() if "eval" in k}
     return result
+
+
+def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int):
+    """The report prompts (the evaluation sets) formatted, the base model's KL references on
+    them and its own report."""
+    report = ReportTexts.build(
+        base.tokenizer, evaluator.harmful_prompts, evaluator.harmless_prompts,
+        evaluator.settings.system_prompt,
+    )  # fmt: skip
+    refs = kl_references(base.model, base.tokenizer, report, evaluator.settings.batch_size)
+    return report, refs, measure(base.model, base.tokenizer, report, evaluator.settings, length)
+
+
+def _checked(settings: Settings, model: str, base: str) -> Settings:
+    """The settings with the prompt sets a model directory supplies, and everything that can be
+    wrong with the input checked, before either model loads."""
+    settings = resolve_prompt_defaults(settings.model_copy(update={"model": base}))
+    settings = resolve_prompt_defaults(settings, root=model)
+    for spec in (base, model):
+        loading.resolve(spec, settings.trust_remote_code)
+    settings.check_files()
+    return settings
 
 
 def _measure(evaluator: Evaluator, probes, system_prompt: str | None) -> dict[str, float]:

@@ -1,0 +1,307 @@
+"""Stage 9: the held-out report. The chosen model, loaded back from its exported files (or, with
+no export, edited in memory), and the base model, both measured on the report prompts that the
+search and the choice never saw (stages/split.py), with longer answers than the search's.
+
+Every rate has its count, n and a Wilson 95 % interval; KL has its n and a normal-approximation
+interval of the mean over prompts. Each answer is kept with its labels (refusal by markers;
+empty, degenerate or normal by eval/answers.py), so any figure can be re-counted from the saved
+answers without trusting this code.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from torch import Tensor
+
+from abliterate.atomic import write_text
+from abliterate.edit.plan import plan
+from abliterate.eval import kl as kl_mod
+from abliterate.eval.answers import classify, wilson
+from abliterate.eval.evaluate import EvalSettings
+from abliterate.eval.generate import generate
+from abliterate.eval.refusal import is_refusal, strip_reasoning
+from abliterate.events import Events
+from abliterate.export.api import Exported
+from abliterate.export.card import with_held_out
+from abliterate.model import gguf, loading
+from abliterate.prompts import chat_texts
+from abliterate.search.record import TrialRecord
+from abliterate.stages.base import eval_settings
+from abliterate.stages.session import Session
+
+# Teacher-forced KL over the first tokens of the base model's own answers: first-token KL is
+# blind where the first token is fixed, and damage often shows a few tokens in.
+MULTI_TOKEN_KL = 16
+
+Progress = Callable[[str, int, int], None]
+HARMLESS_REPORT = "harmless_report_prompts"
+
+
+def rate(flags: Sequence[bool]) -> dict[str, Any]:
+    """A proportion with its count, n and Wilson 95 % interval."""
+    k, n = sum(flags), len(flags)
+    low, high = wilson(k, n)
+    return {"value": k / n if n else 0.0, "k": k, "n": n, "low": low, "high": high}
+
+
+def mean_interval(values: Tensor) -> dict[str, Any]:
+    """A mean over prompts with n and a normal-approximation 95 % interval (floored at 0)."""
+    n = values.numel()
+    mean = values.mean().item() if n else 0.0
+    half = 1.96 * values.std().item() / math.sqrt(n) if n > 1 else 0.0
+    return {"value": mean, "n": n, "low": max(0.0, mean - half), "high": mean + half}
+
+
+@dataclass
+class ReportTexts:
+    """The report prompts, chat-formatted for one tokenizer."""
+
+    harmful: list[str]
+    harmless: list[str]
+    harmful_texts: list[str]
+    harmless_texts: list[str]
+
+    @classmethod
+    def build(
+        cls, tokenizer, harmful: list[str], harmless: list[str], system: str | None
+    ) -> ReportTexts:
+        return cls(
+            harmful,
+            harmless,
+            chat_texts(tokenizer, harmful, system),
+            chat_texts(tokenizer, harmless, system),
+        )
+
+
+def labelled_answers(
+    model, tokenizer, prompts: list[str], texts: list[str], es: EvalSettings, length: int,
+    tick: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Greedy answers of `length` new tokens, each with its refusal and answer-class labels.
+    No early stop on refusal markers: a refusal may be followed by text that changes nothing,
+    but the report keeps the whole answer for a reader."""
+    responses = generate(
+        model, tokenizer, texts, length, es.batch_size, stop_markers=(), on_batch=tick,
+        delimiters=es.markers.delimiters,
+    )  # fmt: skip
+    out = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        refused = is_refusal(response, es.markers.refusal, es.markers.delimiters)
+        out.append(
+            {
+                "prompt": prompt,
+                "response": response,
+                "refusal": refused,
+                "class": classify(strip_reasoning(response, es.markers.delimiters)),
+            }
+        )
+    return out
+
+
+def summary(harmful: list[dict], harmless: list[dict]) -> dict[str, Any]:
+    """Rates from labelled answers. An empty or degenerate answer to a harmful prompt is not
+    compliance, whatever the markers say."""
+    complied = [not a["refusal"] and a["class"] == "normal" for a in harmful]
+    classes = {
+        name: {c: sum(a["class"] == c for a in answers) for c in ("empty", "degenerate", "normal")}
+        for name, answers in (("harmful", harmful), ("harmless", harmless))
+    }
+    return {
+        "refusal_rate": rate([a["refusal"] for a in harmful]),
+        "compliance_rate": rate(complied),
+        "overrefusal_rate": rate([a["refusal"] for a in harmless]),
+        "answer_classes": classes,
+    }
+
+
+def measure(
+    model, tokenizer, report: ReportTexts, es: EvalSettings, length: int,
+    references: dict[str, kl_mod.KLReference] | None = None, progress: Progress | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Answers, rates and (against `references`, the base model's) KL of one model."""
+    done = {"harmful": 0, "harmless": 0}
+
+    def ticker(part: str, total: int) -> Callable[[int], None]:
+        def tick(n: int) -> None:
+            done[part] += n
+            if progress:
+                progress(part, done[part], total)
+
+        return tick
+
+    harmful = labelled_answers(
+        model, tokenizer, report.harmful, report.harmful_texts, es, length,
+        ticker("harmful", len(report.harmful)),
+    )  # fmt: skip
+    harmless = labelled_answers(
+        model, tokenizer, report.harmless, report.harmless_texts, es, length,
+        ticker("harmless", len(report.harmless)),
+    )  # fmt: skip
+    result = {**summary(harmful, harmless), "response_length": length}
+    for name, ref in (references or {}).items():
+        result[name] = mean_interval(kl_mod.kl_per_prompt(model, ref))
+    result["answers"] = {"harmful": harmful, "harmless": harmless}
+    return result
+
+
+def kl_references(model, tokenizer, report: ReportTexts, batch_size: int) -> dict:
+    """The base model's log-probabilities on the harmless report prompts (first token, and the
+    first MULTI_TOKEN_KL tokens of its own answers)."""
+    texts = report.harmless_texts
+    return {
+        "kl": kl_mod.reference(model, tokenizer, texts, 1, batch_size),
+        f"kl_{MULTI_TOKEN_KL}_tokens": kl_mod.reference(
+            model, tokenizer, texts, MULTI_TOKEN_KL, batch_size
+        ),
+    }
+
+
+# -- the stage ------------------------------------------------------------------------------
+
+
+@contextmanager
+def chosen_model(session: Session, record: TrialRecord, exported: Exported | None, say):
+    """(model, tokenizer, what was measured) of the chosen trial: loaded back from the first
+    exported kind (merged, GGUF, adapter), or with no export the session's model edited in
+    memory. A loaded copy is freed when the block ends."""
+    s = session.settings
+    if exported is None or not exported.paths:
+        edits = plan(session.layout.writers, session.directions, record.params)
+        with session.editor.applied(edits):
+            yield (
+                session.model,
+                session.tokenizer,
+                {
+                    "weights": "edited in memory (no export)",
+                    "dtype": str(session.model.dtype).removeprefix("torch."),
+                    "quantization": s.quantization,
+                },
+            )
+        return
+    path = exported.merged or exported.gguf or exported.adapter
+    assert path is not None
+    # Reading a GGUF converts it into the cache once; a conversion made only for this report
+    # (about 4 bytes per parameter) is removed with it.
+    converted = gguf.converted_dir(path) if path == exported.gguf else None
+    made_here = converted is not None and not converted.exists()
+    model, tokenizer, what = _load_exported(exported, s, say)
+    try:
+        yield model, tokenizer, what
+    finally:
+        del model, tokenizer
+        gc.collect()
+        if made_here and converted is not None:
+            shutil.rmtree(converted, ignore_errors=True)
+
+
+def _load_exported(exported: Exported, s, say) -> tuple[Any, Any, dict[str, Any]]:
+    """The first exported kind (merged, GGUF, adapter) loaded from its files, and a description
+    of the weights measured."""
+    options: dict[str, Any] = dict(
+        device_map=s.device_map, max_memory=s.max_memory, on_message=say, dtypes=s.dtypes,
+        quantization=s.quantization,
+    )  # fmt: skip
+    if exported.merged is not None or exported.gguf is not None:
+        path = exported.merged or exported.gguf
+        kind = "merged safetensors" if exported.merged is not None else "GGUF"
+        loaded = loading.load(str(path), **options)
+        model: Any = loaded.model
+    else:
+        kind, path = "LoRA adapter on the source model", exported.adapter
+        loaded = loading.load(s.model, **options)
+        model = PeftModel.from_pretrained(loaded.model, str(path))
+    what: dict[str, Any] = {
+        "weights": f"{kind}, read back from the exported files",
+        "path": str(path),  # for the run directory only; an export does not carry local paths
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "quantization": s.quantization,
+    }
+    if exported.gguf_report is not None and kind == "GGUF":
+        what["gguf_types"] = exported.gguf_report.types
+    return model, loaded.tokenizer, what
+
+
+def held_out_report(
+    session: Session, record: TrialRecord, exported: Exported | None, events: Events
+) -> dict[str, Any]:
+    """Measure base and chosen model on the report prompts; saved as held_out.json in the run
+    directory and, with an export, into its trial.json and model card."""
+    s = session.settings
+    es = eval_settings(s, session.batch_size)
+    length = s.report_response_length
+    prompts = (
+        session.prompts["harmful_report_prompts"],
+        session.prompts["harmless_report_prompts"],
+    )
+    report = ReportTexts.build(session.tokenizer, *prompts, s.system_prompt)
+
+    def progress(who: str) -> Progress:
+        return lambda part, done, total: events.progress(f"held-out {who} {part}", done, total)
+
+    refs = kl_references(session.model, session.tokenizer, report, session.batch_size)
+    base = _base(session, report, es, length, progress("base"))
+    with chosen_model(session, record, exported, events.message) as (model, tokenizer, what):
+        texts = ReportTexts.build(tokenizer, *prompts, s.system_prompt)
+        chosen = measure(model, tokenizer, texts, es, length, refs, progress("chosen"))
+    result = {"measured": what, "trial": record.number, "base": base, "chosen": chosen}
+    session.run_dir.save_held_out(result)
+    if exported is not None:
+        for directory in {p if p.is_dir() else p.parent for p in exported.paths}:
+            add_to_export(directory, result)
+    return result
+
+
+def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, progress):
+    """The base model's report, reused from an earlier report of this run when it measured the
+    same prompts at the same length (exports of several trials measure the base once)."""
+    saved = session.run_dir.load_held_out()
+    if saved is not None:
+        base = saved["base"]
+        answers = base["answers"]
+        same = (
+            base["response_length"] == length
+            and [a["prompt"] for a in answers["harmful"]] == report.harmful
+            and [a["prompt"] for a in answers["harmless"]] == report.harmless
+        )
+        if same:
+            return base
+    return measure(session.model, session.tokenizer, report, es, length, progress=progress)
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The report without its answers: what trial.json and the card carry."""
+
+    def figures(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k != "answers"}
+
+    return {
+        "measured": {k: v for k, v in result["measured"].items() if k != "path"},
+        "trial": result["trial"],
+        "base": figures(result["base"]),
+        "chosen": figures(result["chosen"]),
+    }
+
+
+def add_to_export(directory: Path, result: dict[str, Any]) -> None:
+    """Put the held-out figures first in an export's trial.json and model card."""
+    trial_file = directory / "trial.json"
+    if trial_file.is_file():
+        trial = json.loads(trial_file.read_text(encoding="utf-8"))
+        trial = {
+            "held_out": headline(result),
+            **{k: v for k, v in trial.items() if k != "held_out"},
+        }
+        write_text(trial_file, json.dumps(trial, indent=2))
+    card = directory / "README.md"
+    if card.is_file():
+        write_text(card, with_held_out(card.read_text(encoding="utf-8"), headline(result)))
