@@ -142,3 +142,32 @@ def test_organism_run_reports_held_out_figures_from_its_export(organism_run, org
     trial = json.loads((out / "trial.json").read_text())
     assert next(iter(trial)) == "held_out" and "answers" not in trial["held_out"]["chosen"]
     assert str(out) not in json.dumps(trial)  # no local paths in what gets published
+
+
+def test_card_puts_held_out_first_and_a_newer_report_replaces_the_older():
+    from abliterate.export.card import with_held_out
+    from abliterate.stages.held_out import rate, summary
+
+    def report(k: int) -> dict:
+        harmful = [{"refusal": i < k, "class": "normal"} for i in range(10)]
+        m = {**summary(harmful, harmful[:4]), "response_length": 128}
+        m["judge"] = {
+            "model": "/models/judge",
+            "harmful": {
+                **{lab: rate([i < 2 for i in range(10)]) for lab in ("refusal", "evasion")},
+                "compliance": rate([i >= 2 for i in range(10)]),
+                "agreement_with_markers": 0.9,
+            },
+        }
+        return {"measured": {"weights": "GGUF", "dtype": "float32"}, "base": m, "chosen": m}
+
+    card = "# title\n\nintro\n\n## Metrics\n\n| in-search table |\n\n## Method\n"
+    once = with_held_out(card, report(3))
+    assert once.index("## Held-out evaluation") < once.index("## In-search metrics")
+    assert "0.300 [0.108, 0.603] (3/10)" in once
+    assert "| judge: compliance (harmful) |" in once and "agrees with the markers on 90%" in once
+    twice = with_held_out(once, report(1))
+    assert (
+        twice.count("## Held-out evaluation") == 1 and "(1/10)" in twice and "(3/10)" not in twice
+    )
+    assert twice.endswith("| in-search table |\n\n## Method\n")

@@ -334,6 +334,13 @@ class EvaluationSettings(BaseModel):
         "come after a compliant opening count).",
         ge=1,
     )
+    judge: str | None = _field(
+        None,
+        "evaluation",
+        "A local chat model (directory or .gguf) that also labels every held-out answer as "
+        "refusal, evasion, compliance or incoherent, from its next-token probabilities of "
+        "those words; its agreement with the markers is reported.",
+    )
     overrefusal_sample: int = _field(
         32,
         "evaluation",

@@ -28,6 +28,7 @@ from abliterate.eval.evaluate import Metrics
 from abliterate.events import Events
 from abliterate.export.api import Exported, export_trial, protected_paths
 from abliterate.guard import check_output
+from abliterate.model import loading
 from abliterate.search.choice import candidates, confirm_choice, record_choice, with_confirmations
 from abliterate.search.record import TrialRecord
 from abliterate.search.select import DEFAULT_POLICY, Candidate, pareto_front
@@ -73,6 +74,8 @@ def run(
     # 1. settings: prompt sets a model directory supplies; an unusable --output is refused now,
     #    not after an hour of trials.
     settings = resolve_prompt_defaults(settings)
+    if settings.judge:
+        loading.resolve(settings.judge, settings.trust_remote_code)
     if settings.output:
         check_output(settings.output, settings.overwrite, protected_paths(settings))
     # 2-4. run directory, model, prompt sets, directions

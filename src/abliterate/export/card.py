@@ -175,7 +175,28 @@ def held_out_table(report: dict) -> str:
         for m in (base, chosen)
     ]
     rows.append(f"| empty / degenerate answers (harmful) | {classes[0]} | {classes[1]} |")
+    if "judge" in chosen:
+        rows += [judge_row(label, base, chosen) for label in ("refusal", "evasion", "compliance")]
     return "\n".join(rows)
+
+
+def judge_row(label: str, base: dict, chosen: dict) -> str:
+    """One label's share of the harmful answers, by the judge model (see eval/judge.py)."""
+    cells = [
+        _interval(m["judge"]["harmful"][label]) if "judge" in m else "n/a" for m in (base, chosen)
+    ]
+    return f"| judge: {label} (harmful) | {cells[0]} | {cells[1]} |"
+
+
+def judge_note(chosen: dict) -> str:
+    if "judge" not in chosen:
+        return ""
+    j = chosen["judge"]
+    return (
+        f" A judge model (`{j['model'].rstrip('/').split('/')[-1]}`) also labelled every answer; "
+        f"it agrees with the markers on {j['harmful']['agreement_with_markers']:.0%} of the "
+        "harmful answers."
+    )
 
 
 def held_out_section(report: dict) -> str:
@@ -189,7 +210,7 @@ Measured after the search on {n_harmful} harmful and {n_harmless} harmless promp
 the search nor the choice of this trial saw: greedy answers of {chosen["response_length"]} new
 tokens, reasoning blocks removed, refusals detected by markers, 95 % Wilson intervals (KL: mean
 over prompts with a normal-approximation interval). Measured weights: {what["weights"]}
-({weights}). Empty and degenerate (looping) answers never count as compliance.
+({weights}). Empty and degenerate (looping) answers never count as compliance.{judge_note(chosen)}
 
 {held_out_table(report)}
 

@@ -29,6 +29,7 @@ from abliterate.eval import kl as kl_mod
 from abliterate.eval.answers import classify, wilson
 from abliterate.eval.evaluate import EvalSettings
 from abliterate.eval.generate import generate
+from abliterate.eval.judge import LABELS, agreement, judge
 from abliterate.eval.refusal import is_refusal, strip_reasoning
 from abliterate.events import Events
 from abliterate.export.api import Exported
@@ -154,6 +155,33 @@ def measure(
     return result
 
 
+def add_judge(settings, reports: Sequence[dict[str, Any]], say=None) -> None:
+    """Label every answer of `reports` (measure() results) with the judge model, in place: each
+    answer gets its label and scores, each report a "judge" summary with the share of each label
+    (Wilson intervals) and the judge's agreement with the markers on refusal."""
+    loaded = loading.load(
+        settings.judge, dtypes=settings.dtypes, device_map=settings.device_map, on_message=say
+    )
+    try:
+        for report in reports:
+            summary: dict[str, Any] = {"model": settings.judge}
+            for part, answers in report["answers"].items():
+                verdicts = judge(
+                    loaded.model, loaded.tokenizer, [a["prompt"] for a in answers],
+                    [a["response"] for a in answers], settings.batch_size or 8,
+                )  # fmt: skip
+                for a, v in zip(answers, verdicts, strict=True):
+                    a["judge"], a["judge_scores"] = v.label, v.scores
+                summary[part] = {
+                    **{label: rate([v.label == label for v in verdicts]) for label in LABELS},
+                    "agreement_with_markers": agreement([a["refusal"] for a in answers], verdicts),
+                }
+            report["judge"] = summary
+    finally:
+        del loaded
+        gc.collect()
+
+
 def kl_references(model, tokenizer, report: ReportTexts, batch_size: int) -> dict:
     """The base model's log-probabilities on the harmless report prompts (first token, and the
     first MULTI_TOKEN_KL tokens of its own answers)."""
@@ -253,6 +281,8 @@ def held_out_report(
     with chosen_model(session, record, exported, events.message) as (model, tokenizer, what):
         texts = ReportTexts.build(tokenizer, *prompts, s.system_prompt)
         chosen = measure(model, tokenizer, texts, es, length, refs, progress("chosen"))
+    if s.judge:
+        add_judge(s, (base, chosen), events.message)
     result = {"measured": what, "trial": record.number, "base": base, "chosen": chosen}
     session.run_dir.save_held_out(result)
     if exported is not None:

@@ -13,7 +13,7 @@ from abliterate.eval.evaluate import Evaluator
 from abliterate.events import Events
 from abliterate.model import loading
 from abliterate.stages.base import eval_settings
-from abliterate.stages.held_out import ReportTexts, kl_references, measure
+from abliterate.stages.held_out import ReportTexts, add_judge, kl_references, measure
 from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
@@ -60,6 +60,7 @@ def evaluate_against_base(
     else:
         edited = load_model(settings.model_copy(update={"model": model}), events)
         edited_model, edited_tok = edited.model, edited.tokenizer
+        del edited  # the model is referenced once, so the judge below can have its memory
     if edited_tok(evaluator.harmless_texts[0])["input_ids"] != base_ids:
         raise AbliterateError(
             f"{model} and {base} tokenize differently: KL divergence needs the same tokenizer"
@@ -71,6 +72,11 @@ def evaluate_against_base(
         "base": base_report,
         "model": measure(edited_model, edited_tok, report, evaluator.settings, long, refs),
     }
+    if settings.judge:
+        del edited_model
+        evaluator.model = None  # type: ignore[assignment]
+        gc.collect()
+        add_judge(settings, (result["report"]["base"], result["report"]["model"]), message)
     result["prompts"] = {k: len(v) for k, v in prompts.items() if "eval" in k}
     return result
 
@@ -91,7 +97,7 @@ def _checked(settings: Settings, model: str, base: str) -> Settings:
     wrong with the input checked, before either model loads."""
     settings = resolve_prompt_defaults(settings.model_copy(update={"model": base}))
     settings = resolve_prompt_defaults(settings, root=model)
-    for spec in (base, model):
+    for spec in (base, model, *([settings.judge] if settings.judge else [])):
         loading.resolve(spec, settings.trust_remote_code)
     settings.check_files()
     return settings
