@@ -55,12 +55,7 @@ def evaluate_against_base(
     evaluator.model = None  # type: ignore[assignment]  # freed until the edited model is set
     gc.collect()
 
-    if loaded is not None:
-        edited_model, edited_tok = loaded
-    else:
-        edited = load_model(settings.model_copy(update={"model": model}), events)
-        edited_model, edited_tok = edited.model, edited.tokenizer
-        del edited  # the model is referenced once, so the judge below can have its memory
+    edited_model, edited_tok = loaded or _load(settings, model, events)
     if edited_tok(evaluator.harmless_texts[0])["input_ids"] != base_ids:
         raise AbliterateError(
             f"{model} and {base} tokenize differently: KL divergence needs the same tokenizer"
@@ -79,6 +74,12 @@ def evaluate_against_base(
         add_judge(settings, (result["report"]["base"], result["report"]["model"]), message)
     result["prompts"] = {k: len(v) for k, v in prompts.items() if "eval" in k}
     return result
+
+
+def _load(settings: Settings, model: str, events: Events) -> tuple[Any, Any]:
+    """(model, tokenizer), the model referenced once, so that a judge can have its memory."""
+    edited = load_model(settings.model_copy(update={"model": model}), events)
+    return edited.model, edited.tokenizer
 
 
 def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int):
