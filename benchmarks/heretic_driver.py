@@ -247,30 +247,28 @@ def _build_venv(venv: Path, log: Path) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     python = str(venv / "bin" / "python")
     pip = [python, "-m", "pip", "install", "--timeout", "60", "--retries", "2"]
+    torch, heretic = f"torch=={TORCH_VERSION}", f"heretic-llm=={HERETIC_VERSION}"
     steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [*pip, f"torch=={TORCH_VERSION}"],
-        [*pip, f"torch=={TORCH_VERSION}", f"heretic-llm=={HERETIC_VERSION}"],
-        [python, "-c", "import heretic.main"],
+        ("python -m venv", [sys.executable, "-m", "venv", str(venv)]),
+        (f"pip install {torch}", [*pip, torch]),
+        (f"pip install {heretic}", [*pip, torch, heretic]),
+        ("import heretic.main", [python, "-c", "import heretic.main"]),
     ]
     with log.open("w") as out:
-        for step in steps:
-            out.write(f"$ {' '.join(step)}\n")
+        for label, command in steps:
+            out.write(f"$ {' '.join(command)}\n")
             out.flush()
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                raise HereticUnavailable(_install_error(venv, log, step))
+            if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise HereticUnavailable(_install_error(venv, log, label))
 
 
-def _install_error(venv: Path, log: Path, step: list[str]) -> str:
+def _install_error(venv: Path, log: Path, label: str) -> str:
     """One line: what failed, the likely reason, where the full log is."""
     text = log.read_text(errors="replace")
     errors = [ln.strip() for ln in text.splitlines() if ln.startswith("ERROR")]
     last = errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
     reason = "PyPI unreachable? " if NETWORK_ERRORS.search(text) else ""
-    return (
-        f"cannot build Heretic's venv at {venv}: `{' '.join(step[-2:])}` failed: "
-        f"{reason}{last} (log: {log})"
-    )
+    return f"cannot build Heretic's venv at {venv}: {label} failed: {reason}{last} (log: {log})"
 
 
 # --- prompts and settings -------------------------------------------------------------------

@@ -134,6 +134,13 @@ def test_organism_run_reports_held_out_figures_from_its_export(organism_run, org
     assert recount == refusal["k"] and refusal["n"] == len(answers)
     assert refusal["low"] <= refusal["value"] <= refusal["high"]
     assert held["base"]["refusal_rate"]["value"] > refusal["value"]
+    # Capability on the organism's own probes, before and after, re-counted from the answers.
+    probes = (organism_dir / "eval" / "capability.jsonl").read_text().splitlines()
+    for who in ("base", "chosen"):
+        cap, rows = held[who]["capability"], held[who]["capability_answers"]
+        assert cap["n"] == len([line for line in probes if line.strip()]) == len(rows)
+        assert cap["k"] == sum(r["correct"] for r in rows)
+    assert held["chosen"]["capability"]["value"] >= 0.9 * held["base"]["capability"]["value"]
 
     out = organism_run / "chosen"
     card = (out / "README.md").read_text()
@@ -171,3 +178,17 @@ def test_card_puts_held_out_first_and_a_newer_report_replaces_the_older():
         twice.count("## Held-out evaluation") == 1 and "(1/10)" in twice and "(3/10)" not in twice
     )
     assert twice.endswith("| in-search table |\n\n## Method\n")
+
+
+def test_builtin_probes_are_seeded_and_answerable():
+    from abliterate.eval.probes import builtin_probes
+
+    probes = builtin_probes()
+    assert probes == builtin_probes() and len(probes) == 32
+    sums = [p for p in probes if p["prompt"].startswith("What is")]
+    assert len(sums) == 16
+    for p in sums:
+        a, b = (int(x) for x in p["prompt"].split("What is ")[1].split("?")[0].split(" + "))
+        assert p["answer"] == str(a + b)
+    copies = [p for p in probes if p["prompt"].startswith("Repeat")]
+    assert all(p["prompt"].endswith(p["answer"]) for p in copies)

@@ -290,7 +290,10 @@ def held_out_table(report: dict) -> Table:
         "overrefusal_rate": "over-refusal (harmless)",
     }
     names |= {k: k.replace("_", " ") + " (harmless)" for k in chosen if k.startswith("kl")}
+    names["capability"] = "capability (exact-answer probes)"
     for key, label in names.items():
+        if key not in chosen:
+            continue
         m = chosen[key]
         before = f"{base[key]['value']:.3f}" if key in base else "0"
         interval = f"[{m['low']:.3f}, {m['high']:.3f}]"

@@ -35,9 +35,17 @@ def capability(
     max_new_tokens: int = 24,
 ) -> float:
     """Exact-match rate of greedy answers to `{"prompt", "answer"}` probes."""
-    texts = chat_texts(tokenizer, [i["prompt"] for i in items], system_prompt)
-    answers = generate(model, tokenizer, texts, max_new_tokens, batch_size, stop_markers=None)
+    answers = probe_answers(model, tokenizer, items, batch_size, system_prompt, max_new_tokens)
     return exact_match_rate(answers, [i["answer"] for i in items])
+
+
+def probe_answers(
+    model, tokenizer, items: Sequence[dict[str, str]], batch_size: int = 32,
+    system_prompt: str | None = None, max_new_tokens: int = 24,
+) -> list[str]:  # fmt: skip
+    """Greedy answers to the probes."""
+    texts = chat_texts(tokenizer, [i["prompt"] for i in items], system_prompt)
+    return generate(model, tokenizer, texts, max_new_tokens, batch_size, stop_markers=None)
 
 
 def read_probes(path: str | Path) -> list[dict[str, str]]:

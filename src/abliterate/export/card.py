@@ -146,6 +146,7 @@ HELD_OUT_ROWS = (
     ("compliance (normal answers without refusal)", "compliance_rate"),
     ("over-refusal (harmless prompts)", "overrefusal_rate"),
     ("KL from base, first token (harmless)", "kl"),
+    ("capability (exact-answer probes)", "capability"),
 )
 
 

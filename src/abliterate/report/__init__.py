@@ -91,6 +91,7 @@ def _held_out_cards(held: dict) -> str:
         ("compliance", "compliance_rate"),
         ("over-refusal", "overrefusal_rate"),
         *((f"KL ({k.replace('_', ' ')})", k) for k in chosen if k.startswith("kl")),
+        *([("capability", "capability")] if "capability" in chosen else []),
     ]
     cards = []
     for label, key in rows:

@@ -27,9 +27,11 @@ from abliterate.atomic import write_text
 from abliterate.edit.plan import plan
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.answers import classify, wilson
+from abliterate.eval.capability import exact_match, probe_answers, read_probes
 from abliterate.eval.evaluate import EvalSettings
 from abliterate.eval.generate import generate
 from abliterate.eval.judge import LABELS, agreement, judge
+from abliterate.eval.probes import builtin_probes
 from abliterate.eval.refusal import is_refusal, strip_reasoning
 from abliterate.events import Events
 from abliterate.export.api import Exported
@@ -128,8 +130,10 @@ def summary(harmful: list[dict], harmless: list[dict]) -> dict[str, Any]:
 def measure(
     model, tokenizer, report: ReportTexts, es: EvalSettings, length: int,
     references: dict[str, kl_mod.KLReference] | None = None, progress: Progress | None = None,
+    probes: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """Answers, rates and (against `references`, the base model's) KL of one model."""
+    """Answers, rates, (against `references`, the base model's) KL, and the exact-answer rate on
+    capability `probes` of one model."""
     done = {"harmful": 0, "harmless": 0}
 
     def ticker(part: str, total: int) -> Callable[[int], None]:
@@ -151,8 +155,32 @@ def measure(
     result = {**summary(harmful, harmless), "response_length": length}
     for name, ref in (references or {}).items():
         result[name] = mean_interval(kl_mod.kl_per_prompt(model, ref))
+    if probes:
+        result["capability"], result["capability_answers"] = probe_report(
+            model, tokenizer, probes, es
+        )
     result["answers"] = {"harmful": harmful, "harmless": harmless}
     return result
+
+
+def probe_report(model, tokenizer, probes: Sequence[dict[str, str]], es: EvalSettings):
+    """(exact-answer rate with its interval, every probe with its answer)."""
+    responses = probe_answers(model, tokenizer, probes, es.batch_size, es.system_prompt)
+    correct = [exact_match(r, p["answer"]) for p, r in zip(probes, responses, strict=True)]
+    rows = [
+        {**p, "response": r, "correct": c}
+        for p, r, c in zip(probes, responses, correct, strict=True)
+    ]
+    return rate(correct), rows
+
+
+def report_probes(settings) -> list[dict[str, str]]:
+    """The capability probes of a report: the configured file, else the built-in ones."""
+    return (
+        read_probes(settings.capability_prompts)
+        if settings.capability_prompts
+        else builtin_probes()
+    )
 
 
 def add_judge(settings, reports: Sequence[dict[str, Any]], say=None) -> None:
@@ -277,10 +305,11 @@ def held_out_report(
         return lambda part, done, total: events.progress(f"held-out {who} {part}", done, total)
 
     refs = kl_references(session.model, session.tokenizer, report, session.batch_size)
-    base = _base(session, report, es, length, progress("base"))
+    probes = report_probes(s)
+    base = _base(session, report, es, length, progress("base"), probes)
     with chosen_model(session, record, exported, events.message) as (model, tokenizer, what):
         texts = ReportTexts.build(tokenizer, *prompts, s.system_prompt)
-        chosen = measure(model, tokenizer, texts, es, length, refs, progress("chosen"))
+        chosen = measure(model, tokenizer, texts, es, length, refs, progress("chosen"), probes)
     if s.judge:
         add_judge(s, (base, chosen), events.message)
     result = {"measured": what, "trial": record.number, "base": base, "chosen": chosen}
@@ -291,7 +320,7 @@ def held_out_report(
     return result
 
 
-def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, progress):
+def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, progress, probes):
     """The base model's report, reused from an earlier report of this run when it measured the
     same prompts at the same length (exports of several trials measure the base once)."""
     saved = session.run_dir.load_held_out()
@@ -302,17 +331,21 @@ def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, 
             base["response_length"] == length
             and [a["prompt"] for a in answers["harmful"]] == report.harmful
             and [a["prompt"] for a in answers["harmless"]] == report.harmless
+            and [p["prompt"] for p in base.get("capability_answers", [])]
+            == [p["prompt"] for p in probes]
         )
         if same:
             return base
-    return measure(session.model, session.tokenizer, report, es, length, progress=progress)
+    return measure(
+        session.model, session.tokenizer, report, es, length, progress=progress, probes=probes
+    )
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The report without its answers: what trial.json and the card carry."""
 
     def figures(m: dict) -> dict:
-        return {k: v for k, v in m.items() if k != "answers"}
+        return {k: v for k, v in m.items() if k not in ("answers", "capability_answers")}
 
     return {
         "measured": {k: v for k, v in result["measured"].items() if k != "path"},

@@ -13,7 +13,13 @@ from abliterate.eval.evaluate import Evaluator
 from abliterate.events import Events
 from abliterate.model import loading
 from abliterate.stages.base import eval_settings
-from abliterate.stages.held_out import ReportTexts, add_judge, kl_references, measure
+from abliterate.stages.held_out import (
+    ReportTexts,
+    add_judge,
+    kl_references,
+    measure,
+    report_probes,
+)
 from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
@@ -25,12 +31,9 @@ def evaluate_against_base(
     loaded: tuple | None = None,
 ) -> dict:
     """Refusal rate, over-refusal, KL from `base`, hedging, compliance gap (and capability when
-    probes are configured) of `model`, and the same for `base` itself; under "report", both
-    measured as a run's held-out report is (stages/held_out.py): answers of
-    report_response_length tokens, rates with Wilson intervals and n, answer classes, first- and
-    multi-token KL, and every answer. `loaded` = (model,
-    tokenizer) measures a model already in memory (e.g. right after training) instead of
-    loading `model`."""
+    probes are configured) of `model`, and of `base`; under "report", both measured as a run's
+    held-out report is (stages/held_out.py). `loaded` = (model, tokenizer) measures a model
+    already in memory (e.g. right after training) instead of loading `model`."""
     settings = _checked(settings, model, base)
     prompts = load_prompts(settings, ("harmful_eval_prompts", "harmless_eval_prompts"))
     probes = read_probes(settings.capability_prompts) if settings.capability_prompts else None
@@ -48,7 +51,8 @@ def evaluate_against_base(
     measured = _measure(evaluator, probes, settings.system_prompt)
     result: dict[str, Any] = {"model": model, "base": base, "base_metrics": measured}
     long = settings.report_response_length
-    report, refs, base_report = _base_report(base_model, evaluator, long)
+    items = report_probes(settings)
+    report, refs, base_report = _base_report(base_model, evaluator, long, items)
     base_ids = base_model.tokenizer(evaluator.harmless_texts[0])["input_ids"]
     # The reference log-probs live on the CPU: the base model can go before the model loads.
     del base_model
@@ -65,7 +69,9 @@ def evaluate_against_base(
     # The report's figures: longer answers, intervals and n, answer classes, multi-token KL.
     result["report"] = {
         "base": base_report,
-        "model": measure(edited_model, edited_tok, report, evaluator.settings, long, refs),
+        "model": measure(
+            edited_model, edited_tok, report, evaluator.settings, long, refs, None, items
+        ),
     }
     if settings.judge:
         del edited_model
@@ -82,7 +88,7 @@ def _load(settings: Settings, model: str, events: Events) -> tuple[Any, Any]:
     return edited.model, edited.tokenizer
 
 
-def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int):
+def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int, probes):
     """The report prompts (the evaluation sets) formatted, the base model's KL references on
     them and its own report."""
     report = ReportTexts.build(
@@ -90,7 +96,8 @@ def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int):
         evaluator.settings.system_prompt,
     )  # fmt: skip
     refs = kl_references(base.model, base.tokenizer, report, evaluator.settings.batch_size)
-    return report, refs, measure(base.model, base.tokenizer, report, evaluator.settings, length)
+    es = evaluator.settings
+    return report, refs, measure(base.model, base.tokenizer, report, es, length, probes=probes)
 
 
 def _checked(settings: Settings, model: str, base: str) -> Settings:
