@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="export from the loaded model instead of the checkpoint files",
     )
+    parser.add_argument(
+        "--no-held-out",
+        action="store_true",
+        help="skip re-measuring the export on the run's held-out report prompts (which loads "
+        "the model)",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -161,8 +167,27 @@ def handle(args: argparse.Namespace) -> int:
             )
         report_export(result, record.number)
         targets = result.paths
+        if args.run_dir and not args.no_held_out:
+            held_out_after_export(settings, args.run_dir, record, result)
     if args.push_to_hub:
         url = push(Path(args.output), args.push_to_hub, args.private)
         err.print(f"[green]uploaded[/green] to {url}")
     out.print(json.dumps({"trial": record.number, "paths": [str(p) for p in targets]}))
     return 0
+
+
+def held_out_after_export(settings, run_dir: str, record, exported) -> None:
+    """The export read back and measured on the run's held-out report prompts, as `run` does
+    after its choice; the figures go into the export's trial.json and card."""
+    from abliterate import pipeline
+    from abliterate.cli.run import held_out_table
+    from abliterate.events import Events
+    from abliterate.stages.session import open_session
+
+    events = Events(message=lambda m: err.print(f"  {m}", highlight=False))
+    session = open_session(
+        settings.model_copy(update={"run_dir": run_dir}), events, for_search=False
+    )
+    held = pipeline.report(session, record, exported, events)
+    if held is not None:
+        err.print(held_out_table(held))
