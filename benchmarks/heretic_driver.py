@@ -538,25 +538,31 @@ def export_heretic_trial(run: HereticRun, trial_number: int, out_dir: str | Path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, help="a local Hugging Face model directory")
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--prompts", type=Path, help="dir with harmful.txt/harmless.txt")
-    parser.add_argument("--eval", type=Path, help="dir with harmful.txt/harmless.txt")
+    parser.add_argument(
+        "--prompts", type=Path, help="harmful/harmless .txt or .jsonl training sets"
+    )
+    parser.add_argument("--eval", type=Path, help="the same for evaluation (default MODEL/eval)")
+    parser.add_argument("--limit", type=int, help="use the first N prompts of each set")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-response-length", type=int, default=16)
     parser.add_argument("--export-front", type=Path, help="export the first front trial here")
     args = parser.parse_args(argv)
-    train = args.prompts or args.model / "prompts"
-    held = args.eval or args.model / "eval"
+    sets = [
+        find_set(args.prompts or args.model / "prompts", "harmful", "train", args.limit),
+        find_set(args.prompts or args.model / "prompts", "harmless", "train", args.limit),
+        find_set(args.eval or args.model / "eval", "harmful", "val", args.limit),
+        find_set(args.eval or args.model / "eval", "harmless", "val", args.limit),
+    ]
     run = run_heretic(
-        args.model, train / "harmful.txt", train / "harmless.txt", held / "harmful.txt",
-        held / "harmless.txt", args.trials, args.workdir, args.threads,
+        args.model, *sets, args.trials, args.workdir, args.threads,
         {"max_response_length": args.max_response_length}, seed=args.seed,
     )  # fmt: skip
     front = pareto_front(run)
-    summary = {
+    summary: dict[str, Any] = {
         "wall_s": round(run.wall_s, 1),
         "checkpoint": str(run.checkpoint),
         "trials": [asdict(t) for t in run.trials],
@@ -565,6 +571,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_front and front:
         summary["export"] = str(export_heretic_trial(run, front[0].number, args.export_front))
     print(json.dumps(summary, indent=2))
+
+
+def find_set(directory: Path, name: str, split: str, limit: int | None) -> list[str]:
+    """`DIR/NAME.txt`, `DIR/NAME.jsonl` or `DIR/NAME_SPLIT.jsonl` (../shared/data/prompts)."""
+    found = [directory / f"{name}.txt", directory / f"{name}.jsonl"]
+    found.append(directory / f"{name}_{split}.jsonl")
+    path = next((p for p in found if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"no {name} prompt set in {directory}")
+    return read_prompts(path)[:limit]
 
 
 if __name__ == "__main__":

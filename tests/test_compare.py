@@ -49,6 +49,16 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     for policies in summary.values():
         assert set(policies) == {"min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1"}
     assert "Best trial per policy" in capsys.readouterr().out
+    # Every trial is also measured on the run's held-out report prompts, the same way twice.
+    split = json.loads((tiny_run / "run" / "split.json").read_text())["report"]
+    first, copy = comparison["runs"]
+    for t in first["trials"]:
+        assert t["held_out"]["refusal_rate"]["n"] == len(split["harmful_report_prompts"])
+        assert "answers" not in t["held_out"]
+    assert [t["held_out"] for t in first["trials"]] == [t["held_out"] for t in copy["trials"]]
+    assert first["base_held_out"]["refusal_rate"]["n"] == len(split["harmful_report_prompts"])
+    for policies in summary.values():
+        assert all("held_out" in choice for choice in policies.values())
 
 
 def test_compare_rejects_unknown_trials(tiny_run, tmp_path, capsys):

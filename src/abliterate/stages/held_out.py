@@ -341,11 +341,13 @@ def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, 
     )
 
 
+def figures(m: dict[str, Any]) -> dict[str, Any]:
+    """One model's report without its answers."""
+    return {k: v for k, v in m.items() if k not in ("answers", "capability_answers")}
+
+
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The report without its answers: what trial.json and the card carry."""
-
-    def figures(m: dict) -> dict:
-        return {k: v for k, v in m.items() if k not in ("answers", "capability_answers")}
 
     return {
         "measured": {k: v for k, v in result["measured"].items() if k != "path"},

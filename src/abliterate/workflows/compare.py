@@ -8,6 +8,7 @@ trial of each run under each selection policy).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from abliterate.config import load_settings
@@ -18,7 +19,10 @@ from abliterate.prompts import chat_texts
 from abliterate.runs import RunDir
 from abliterate.search.record import TrialRecord
 from abliterate.search.select import Candidate, pareto_front, select
-from abliterate.stages.session import open_session
+from abliterate.stages.base import eval_settings
+from abliterate.stages.held_out import ReportTexts, kl_references, measure
+from abliterate.stages.held_out import figures as headline_figures
+from abliterate.stages.session import Session, open_session
 
 POLICIES = ("min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1")
 
@@ -50,6 +54,18 @@ def summary(records: list[TrialRecord]) -> dict[str, dict]:
     return out
 
 
+def with_held_out(policies: dict[str, dict], entries: list[dict]) -> dict[str, dict]:
+    """Each policy's choice with its held-out figures, where that trial was compared."""
+    held = {e["number"]: e["held_out"] for e in entries if "held_out" in e}
+    return {
+        policy: {
+            **choice,
+            **({"held_out": held[choice["trial"]]} if choice["trial"] in held else {}),
+        }
+        for policy, choice in policies.items()
+    }
+
+
 def compare_runs(
     run_dirs: list[str],
     trials: str = "pareto",
@@ -70,7 +86,7 @@ def compare_runs(
         message(f"{path}: {len(chosen)} trial(s), {samples} sample answer(s) per prompt set")
         entry = _run_entry(run_dir, chosen, samples)
         comparison["runs"].append(entry)
-        summaries[str(run_dir.path)] = summary(records)
+        summaries[str(run_dir.path)] = with_held_out(summary(records), entry["trials"])
     return comparison, summaries
 
 
@@ -110,19 +126,56 @@ def _run_entry(run_dir: RunDir, chosen: list[TrialRecord], k: int) -> dict:
         }
 
     base = answers()
+    held_out = HeldOut.start(session)
     trials = []
     for record in chosen:
         edits = plan(session.layout.writers, session.directions, record.params)
         with session.editor.applied(edits):
-            trials.append(_trial_entry(record, prompts, base, answers()))
+            entry = _trial_entry(record, prompts, base, answers())
+            if held_out is not None:
+                entry["held_out"] = held_out.measure(session)
+            trials.append(entry)
     dump = settings.model_dump(mode="json")
     return {
         "run_dir": str(run_dir.path),
         "model": settings.model,
         "settings": {k: v for k, v in dump.items() if k in _DISTINGUISHING},
         "base_metrics": (run_dir.load_base() or {}).get("metrics", {}),
+        "base_held_out": held_out.base if held_out is not None else None,
         "trials": trials,
     }
+
+
+@dataclass
+class HeldOut:
+    """Each compared trial measured like a run's held-out report (stages/held_out.py), in
+    memory, on the run's report prompts: figures only, no answers."""
+
+    texts: ReportTexts
+    refs: dict
+    base: dict
+
+    @classmethod
+    def start(cls, session: Session) -> HeldOut | None:
+        """The base model's references and figures; None for a run without report prompts."""
+        if not session.prompts.get("harmful_report_prompts"):
+            return None
+        s = session.settings
+        texts = ReportTexts.build(
+            session.tokenizer, session.prompts["harmful_report_prompts"],
+            session.prompts["harmless_report_prompts"], s.system_prompt,
+        )  # fmt: skip
+        refs = kl_references(session.model, session.tokenizer, texts, session.batch_size)
+        return cls(texts, refs, headline_figures(cls._measure(session, texts, None)))
+
+    def measure(self, session: Session) -> dict:
+        return headline_figures(self._measure(session, self.texts, self.refs))
+
+    @staticmethod
+    def _measure(session: Session, texts: ReportTexts, refs) -> dict:
+        s = session.settings
+        es = eval_settings(s, session.batch_size)
+        return measure(session.model, session.tokenizer, texts, es, s.report_response_length, refs)
 
 
 def _trial_entry(record: TrialRecord, prompts: dict, base: dict, edited: dict) -> dict:
