@@ -8,8 +8,9 @@ trial of each run under each selection policy).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from abliterate.config import load_settings
 from abliterate.edit.plan import plan
@@ -23,6 +24,7 @@ from abliterate.stages.base import eval_settings
 from abliterate.stages.held_out import ReportTexts, kl_references, measure
 from abliterate.stages.held_out import figures as headline_figures
 from abliterate.stages.session import Session, open_session
+from abliterate.workflows.heretic import heretic_section
 
 POLICIES = ("min-refusals", "knee", "min-kl-under:0.05", "min-kl-under:0.1")
 
@@ -54,6 +56,19 @@ def summary(records: list[TrialRecord]) -> dict[str, dict]:
     return out
 
 
+def heretic_summary(section: dict) -> dict:
+    """Heretic's front in summary.json: its own figures, and the held-out ones where measured."""
+    by_number = {t["number"]: t for t in section["trials"]}
+    front = []
+    for number in section["front"]:
+        t = by_number[number]
+        row = {"trial": number, "refusal_rate": t["refusal_rate"], "kl": t["kl"]}
+        if str(number) in section["measured"]:
+            row["held_out"] = section["measured"][str(number)]
+        front.append(row)
+    return {"front": front}
+
+
 def with_held_out(policies: dict[str, dict], entries: list[dict]) -> dict[str, dict]:
     """Each policy's choice with its held-out figures, where that trial was compared."""
     held = {e["number"]: e["held_out"] for e in entries if "held_out" in e}
@@ -71,8 +86,10 @@ def compare_runs(
     trials: str = "pareto",
     samples: int = 3,
     message: Callable[[str], None] = lambda _m: None,
+    heretic: HereticInput | None = None,
 ) -> tuple[dict, dict]:
-    """(comparison, summary) for the given run directories."""
+    """(comparison, summary) for the given run directories, and a Heretic study beside them
+    (measured with the first run's held-out prompts and base model)."""
     comparison: dict = {"runs": []}
     summaries: dict = {}
     for path in run_dirs:
@@ -84,9 +101,13 @@ def compare_runs(
             raise AbliterateError(f"{path} has no finished trials")
         chosen = trial_selection(records, trials)
         message(f"{path}: {len(chosen)} trial(s), {samples} sample answer(s) per prompt set")
-        entry = _run_entry(run_dir, chosen, samples)
+        first = not comparison["runs"]
+        entry = _run_entry(run_dir, chosen, samples, heretic if first else None, message)
         comparison["runs"].append(entry)
         summaries[str(run_dir.path)] = with_held_out(summary(records), entry["trials"])
+        if "heretic" in entry:
+            comparison["heretic"] = entry.pop("heretic")
+            summaries["heretic"] = heretic_summary(comparison["heretic"])
     return comparison, summaries
 
 
@@ -101,7 +122,10 @@ _DISTINGUISHING = (
 )
 
 
-def _run_entry(run_dir: RunDir, chosen: list[TrialRecord], k: int) -> dict:
+def _run_entry(
+    run_dir: RunDir, chosen: list[TrialRecord], k: int, heretic: HereticInput | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict:  # fmt: skip
     settings = load_settings(run_dir.settings_file)
     session = open_session(settings, for_search=False)
     prompts = {
@@ -143,7 +167,26 @@ def _run_entry(run_dir: RunDir, chosen: list[TrialRecord], k: int) -> dict:
         "base_metrics": (run_dir.load_base() or {}).get("metrics", {}),
         "base_held_out": held_out.base if held_out is not None else None,
         "trials": trials,
+        **({"heretic": heretic.section(held_out, settings, say)} if heretic else {}),
     }
+
+
+@dataclass
+class HereticInput:
+    """A Heretic study to compare with (workflows/heretic.py): its journal, config.toml and
+    exported models by trial number."""
+
+    journal: Path
+    config: Path | None = None
+    models: dict[int, Path] = field(default_factory=dict)
+
+    def section(self, held_out: HeldOut | None, settings, say) -> dict:
+        if self.models and held_out is None:
+            raise AbliterateError(
+                "measuring Heretic's models needs held-out report prompts in the first run "
+                "(it was made with report_fraction 0)"
+            )
+        return heretic_section(self.journal, self.config, self.models, held_out, settings, say)
 
 
 @dataclass
@@ -154,6 +197,8 @@ class HeldOut:
     texts: ReportTexts
     refs: dict
     base: dict
+    es: Any = None  # EvalSettings of the run
+    length: int = 128
 
     @classmethod
     def start(cls, session: Session) -> HeldOut | None:
@@ -166,16 +211,19 @@ class HeldOut:
             session.prompts["harmless_report_prompts"], s.system_prompt,
         )  # fmt: skip
         refs = kl_references(session.model, session.tokenizer, texts, session.batch_size)
-        return cls(texts, refs, headline_figures(cls._measure(session, texts, None)))
+        es, length = eval_settings(s, session.batch_size), s.report_response_length
+        base = measure(session.model, session.tokenizer, texts, es, length)
+        return cls(texts, refs, headline_figures(base), es, length)
 
     def measure(self, session: Session) -> dict:
-        return headline_figures(self._measure(session, self.texts, self.refs))
+        """The session's model as it is now (a trial's edit applied)."""
+        return self.measure_model(session.model, session.tokenizer)
 
-    @staticmethod
-    def _measure(session: Session, texts: ReportTexts, refs) -> dict:
-        s = session.settings
-        es = eval_settings(s, session.batch_size)
-        return measure(session.model, session.tokenizer, texts, es, s.report_response_length, refs)
+    def measure_model(self, model, tokenizer) -> dict:
+        """Any model with the run's tokenizer (another tool's export of the same base)."""
+        return headline_figures(
+            measure(model, tokenizer, self.texts, self.es, self.length, self.refs)
+        )
 
 
 def _trial_entry(record: TrialRecord, prompts: dict, base: dict, edited: dict) -> dict:
