@@ -192,3 +192,25 @@ def test_builtin_probes_are_seeded_and_answerable():
         assert p["answer"] == str(a + b)
     copies = [p for p in probes if p["prompt"].startswith("Repeat")]
     assert all(p["prompt"].endswith(p["answer"]) for p in copies)
+
+
+def test_an_adapter_export_is_measured_through_peft_and_fraction_zero_turns_it_off(tmp_path):
+    import tiny
+    from abliterate.cli.main import main
+    from conftest import random_model_run
+
+    model = tiny.save("llama", tmp_path / "model")
+    out = tmp_path / "adapter"
+    args = random_model_run(model, tmp_path / "run", "--output", str(out), "--export", "adapter")
+    assert main([*args, "--report-response-length", "8"]) == 0
+    held = json.loads((tmp_path / "run" / "held_out.json").read_text())
+    assert held["measured"]["weights"].startswith("LoRA adapter on the source model")
+    assert next(iter(json.loads((out / "trial.json").read_text()))) == "held_out"
+    assert held["chosen"]["refusal_rate"]["n"] == 2  # 4 evaluation prompts, half held out
+
+    off = tmp_path / "off"
+    args = random_model_run(model, tmp_path / "run-off", "--output", str(off))
+    assert main([*args, "--report-fraction", "0"]) == 0
+    assert not (tmp_path / "run-off" / "held_out.json").exists()
+    card = (off / "README.md").read_text()
+    assert "## Metrics" in card and "Held-out" not in card
