@@ -412,6 +412,7 @@ def probes_for(model: str, model_dir: Path) -> tuple[list[dict[str, str]], str]:
 def measure_all(args, model_dir: Path, sets: dict, exports: dict, work: Path) -> dict:
     """The base once, then every export, on the held-out prompts (stages/held_out.py)."""
     import torch
+    import transformers
 
     from abliterate.config import load_settings
     from abliterate.model import loading
@@ -420,6 +421,7 @@ def measure_all(args, model_dir: Path, sets: dict, exports: dict, work: Path) ->
     from abliterate.stages.session import batch_size
 
     torch.set_num_threads(max(1, 2 * args.threads))
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model
     settings = load_settings(
         model=str(model_dir), system_prompt=args.system_prompt, batch_size=args.batch_size or 0
     )
@@ -619,6 +621,7 @@ def print_report(summary: dict) -> None:
         f"{rate_text(base['refusal_rate'])}, over-refusal {base['overrefusal_rate']['value']:.3f}, "
         f"KL 0, capability {fmt(base.get('capability', {}).get('value'), 3)}"
     )
+    print("  (trial: Optuna's trial number; Heretic prints it + 1 as 'Trial N')")
     print(
         f"  {'tool':<10} {'trial':>5} {'search ref':>10} {'search KL':>10}  "
         f"{'held-out refusal [95% CI] (k/n)':<34} {'over-ref':>8} {'KL':>8} {'KL16':>8} "
@@ -643,7 +646,9 @@ def print_report(summary: dict) -> None:
     for v in summary["verdicts"]:
         mark = {True: "PASS", False: "FAIL", None: "N/A "}[v["pass"]]
         print(f"  [{mark}] {v['what']}: {v['detail']}")
-    print(f"\nsummary: {summary['json']}")
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages_s"].items())
+    print(f"\nstages: {stages}")
+    print(f"summary: {summary['json']}")
 
 
 def ceiling_cell(c: dict) -> str:
@@ -726,7 +731,9 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = prompt_sets(args.model, model_dir, counts)
     sets = prompts["sets"]
     print(f"searching: abliterate and Heretic on {model_dir}, {args.trials} trials each ...")
+    stages = {"prepare": time.perf_counter() - t0}
     run_dir, wall, heretic_run = run_both(args, model_dir, sets, args.work)
+    stages["search (both, concurrently)"] = time.perf_counter() - t0 - sum(stages.values())
     searches = {
         "abliterate": abliterate_search(run_dir, wall, args.work / "abliterate-run.log"),
         "heretic": heretic_search(heretic_run),
@@ -734,8 +741,10 @@ def main(argv: list[str] | None = None) -> dict:
     fronts = {tool: [t["number"] for t in s.front] for tool, s in searches.items()}
     print(f"exporting the fronts: {fronts} ...")
     exports = export_fronts(args, run_dir, heretic_run, searches, args.work)
+    stages["export (both, concurrently)"] = time.perf_counter() - t0 - sum(stages.values())
     print("measuring the base and every export on the held-out prompts ...")
     measured = measure_all(args, model_dir, sets, exports, args.work)
+    stages["held-out measurement"] = time.perf_counter() - t0 - sum(stages.values())
     held = held_entries(searches, measured)
     speed = speed_summary(searches)
     rows = ceilings(held)
@@ -765,6 +774,7 @@ def main(argv: list[str] | None = None) -> dict:
         "searches": {tool: asdict(s) for tool, s in searches.items()},
         "exports": {t: {n: str(p) for n, p in e.items()} for t, e in exports.items()},
         "json": str(path),
+        "stages_s": stages,
         "total_s": time.perf_counter() - t0,
     }
     path.write_text(json.dumps(summary, indent=2, default=str))

@@ -283,6 +283,20 @@ class ObjectiveSettings(BaseModel):
         "Below this KL divergence the KL objective stops rewarding further reductions.",
         ge=0.0,
     )
+    refusal_estimate: bool = _field(
+        False,
+        "objective",
+        "Screen each trial with a one-pass refusal estimate (next-token mass on the base "
+        "model's refusal openings) and skip generating for trials the front already dominates "
+        "by a margin; on only once the first refusal_estimate_check trials, generated in full, "
+        "show it tracks the measured rate.",
+    )
+    refusal_estimate_check: int = _field(
+        8,
+        "objective",
+        "Trials generated in full to check the refusal estimate before it may skip any.",
+        ge=1,
+    )
     kl_prune_threshold: float = _field(
         5.0,
         "objective",

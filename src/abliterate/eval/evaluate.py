@@ -16,9 +16,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from abliterate.config import field_default
 from abliterate.eval import kl as kl_mod
+from abliterate.eval.estimate import RefusalEstimate
 from abliterate.eval.generate import generate
 from abliterate.eval.prefix import PrefixCheck
 from abliterate.eval.prefix import check as check_prefix
+from abliterate.eval.refusal import is_refusal
 from abliterate.eval.scorers import MarkerConfig, Observation, needed, score
 from abliterate.prompts import chat_texts
 
@@ -93,6 +95,7 @@ class Evaluator:
         self.overrefusal_prompts = [self.harmless_prompts[i] for i in keep]
         self.overrefusal_texts = [self.harmless_texts[i] for i in keep]
         self.needs = needed(settings.scorers)
+        self.estimator: RefusalEstimate | None = None
         # Checked and computed on the model as it is now: build the evaluator before any edit.
         self.prefix_check = self._check_prefix()
         self.share_prefix = self.prefix_check.used
@@ -160,10 +163,13 @@ class Evaluator:
         prune_kl: float | None = None,
         fallback: Metrics | None = None,
         progress: Progress | None = None,
+        skip: Callable[[float, float], float | None] | None = None,
     ) -> Metrics:
         """All metrics of the current model. If its KL exceeds `prune_kl`, generation is skipped
         and the refusal metrics are taken from `fallback` (the base model's): a pessimistic
-        guess that costs one forward pass instead of a full generation."""
+        guess that costs one forward pass instead of a full generation. With an estimator
+        (`enable_estimate`), `skip(kl, refusal_estimate)` returning a rate skips generation the
+        same way, recording that rate (the calibrated estimate) as the refusal rate."""
         clock = time.perf_counter()
         seconds: dict[str, float] = {}
 
@@ -178,6 +184,15 @@ class Evaluator:
         if prune_kl is not None and kl_value is not None and kl_value > prune_kl and fallback:
             values = {**fallback.values, "kl": kl_value}
             return Metrics(values, pruned=True, seconds=seconds)
+        estimated: dict[str, float] = {}
+        if self.estimator is not None and kl_value is not None:
+            estimated["refusal_estimate"] = self.estimator.estimate(self.model)
+            lap("estimate")
+            skipped = skip(kl_value, estimated["refusal_estimate"]) if skip else None
+            if skipped is not None and fallback:
+                values = {**fallback.values, "kl": kl_value, **estimated}
+                values["refusal_rate"] = skipped
+                return Metrics(values, pruned=True, seconds=seconds)
         obs = Observation(kl=kl_value, markers=self.settings.markers)
         if "harmful_responses" in self.needs:
             obs.harmful_responses = self._responses(
@@ -193,5 +208,16 @@ class Evaluator:
                 length or self.settings.max_response_length,
             )
             lap("harmless")
-        values = score(obs, self.settings.scorers)
+        values = {**score(obs, self.settings.scorers), **estimated}
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
+
+    def enable_estimate(self, base: Metrics) -> None:
+        """Screen later evaluations with a one-pass refusal estimate (eval/estimate.py), from
+        the openings of the base model's answers `base` to the harmful prompts."""
+        assert base.harmful_responses is not None
+        m = self.settings.markers
+        refused = [is_refusal(r, m.refusal, m.delimiters) for r in base.harmful_responses]
+        self.estimator = RefusalEstimate.build(
+            self.model, self.tokenizer, self.harmful_texts, base.harmful_responses, refused,
+            self.settings.batch_size, self.share_prefix,
+        )  # fmt: skip

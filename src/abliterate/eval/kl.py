@@ -94,6 +94,13 @@ def reference(
     return ref
 
 
+def first_token_logprobs(
+    model: PreTrainedModel, ids: Tensor, mask: Tensor, prefix: PrefixCache | None = None
+) -> Tensor:
+    """(b, vocab) log-probabilities of the first answer token after each prompt, on the CPU."""
+    return _logprobs(model, ids, mask, 1, prefix)[:, 0].cpu()
+
+
 def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
     """KL(P_base || P_edited) per row, summed over the vocabulary: (..., V) -> (...)."""
     base = base.float()

@@ -4,8 +4,11 @@ records the result in the study and the run directory, until the study holds n_t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from abliterate.edit.plan import EditParams, plan, strength_table
+from abliterate.eval.estimate import agreement
 from abliterate.eval.evaluate import Metrics
 from abliterate.events import Events
 from abliterate.search import study as st
@@ -34,6 +37,7 @@ def run_trials(session: Session, events: Events) -> None:
             f"warm start: {min(len(starts), s.n_trials)} flat edits (strength 1 on every layer, "
             f"direction at depth {', '.join(f'{f:.0%}' for f in s.warm_starts)}) come first"
         )
+    gate = EstimateGate(s.refusal_estimate, s.refusal_estimate_check)
     while True:
         trial = st.claim(study, s.n_trials, s.seed, s.startup_trials, lock)
         if trial is None:
@@ -47,7 +51,7 @@ def run_trials(session: Session, events: Events) -> None:
         try:
             with st.heartbeat(trial):
                 params = suggest(trial, space)
-                metrics, timing = evaluate_params(session, params)
+                metrics, timing = evaluate_params(session, params, gate.check(session, events))
         except BaseException:  # the edit is already undone (editor.applied)
             st.abandon(study, trial)
             raise
@@ -61,14 +65,83 @@ def run_trials(session: Session, events: Events) -> None:
     sync_trial_files(session, study)
 
 
-def evaluate_params(session: Session, params: EditParams) -> tuple[Metrics, dict[str, float]]:
+# Generation is skipped only for trials the front beats by at least this much (or twice the
+# estimate's measured error, if larger) on the estimated refusal rate, at no higher KL.
+ESTIMATE_MARGIN = 0.05
+# An estimate that misses the measured rate by more than this on average is never used.
+ESTIMATE_MAX_ERROR = 0.15
+
+
+@dataclass
+class EstimateGate:
+    """Decides, before each trial, whether the refusal estimate may skip its generation: only
+    once `check` trials generated in full show it tracks the measured rate (eval/estimate.py)."""
+
+    enabled: bool
+    needed: int  # trials generated in full before the estimate may skip any
+    said: bool = False
+
+    @staticmethod
+    def check_pairs(records) -> list[tuple[float, float]]:
+        """(estimate, measured) of the trials generated in full."""
+        pairs = []
+        for r in records:
+            estimate = r.metrics.get("refusal_estimate")
+            if not r.pruned and estimate is not None:
+                pairs.append((estimate, r.metrics.refusal_rate))
+        return pairs
+
+    def check(self, session: Session, events: Events) -> Skip | None:
+        if not self.enabled:
+            return None
+        records = list(session.run_dir.load_trials().values())
+        pairs = self.check_pairs(records)
+        if len(pairs) < self.needed:
+            return None
+        scale = calibration(pairs)
+        error = agreement([(min(1.0, scale * e), m) for e, m in pairs])
+        if not self.said:
+            self.said = True
+            verdict = "skips" if error <= ESTIMATE_MAX_ERROR else "is too far off: never skips"
+            events.message(
+                f"refusal estimate x {scale:.2f} vs measured over {len(pairs)} trials: mean "
+                f"error {error:.3f}; from now on it {verdict} generation for dominated trials"
+            )
+        if error > ESTIMATE_MAX_ERROR:
+            return None
+        front = [(r.metrics.kl, r.metrics.refusal_rate) for r in records if not r.pruned]
+        margin = max(ESTIMATE_MARGIN, 2 * error)
+
+        def skip(kl: float, estimate: float) -> float | None:
+            rate = min(1.0, scale * estimate)
+            beaten = any(k <= kl and ref <= rate - margin for k, ref in front)
+            return rate if beaten else None
+
+        return skip
+
+
+Skip = Callable[[float, float], float | None]
+
+
+def calibration(pairs: list[tuple[float, float]]) -> float:
+    """The factor that best maps estimates onto measured rates (least squares through 0): the
+    opening tokens carry only part of the refusals (a refusal can open with a token compliant
+    answers share), so the raw estimate runs low by a steady factor."""
+    num = sum(e * m for e, m in pairs)
+    den = sum(e * e for e, _ in pairs)
+    return num / den if den > 0 else 1.0
+
+
+def evaluate_params(
+    session: Session, params: EditParams, skip: Skip | None = None
+) -> tuple[Metrics, dict[str, float]]:
     """Apply, evaluate, reset. Returns the metrics and the time of each part."""
     assert session.evaluator is not None and session.base is not None
     t0 = time.perf_counter()
     with session.editor.applied(plan(session.layout.writers, session.directions, params)):
         t1 = time.perf_counter()
         metrics = session.evaluator.evaluate(
-            prune_kl=session.settings.kl_prune_threshold, fallback=session.base
+            prune_kl=session.settings.kl_prune_threshold, fallback=session.base, skip=skip
         )
         t2 = time.perf_counter()
     t3 = time.perf_counter()

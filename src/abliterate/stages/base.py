@@ -61,6 +61,15 @@ def measure_base(session: Session, events: Events) -> Metrics:
             "the unedited model refuses none of the harmful evaluation prompts: there is no "
             "refusal behaviour to remove (check the prompt sets, system prompt and markers)"
         )
+    if s.refusal_estimate:
+        session.evaluator.enable_estimate(session.base)
+        estimator = session.evaluator.estimator
+        assert estimator is not None
+        events.message(
+            f"refusal estimate: {estimator.estimate(session.model):.2f} for the base model "
+            f"(measured {session.base['refusal_rate']:.2f}), from {len(estimator.openings)} "
+            "refusal-opening token(s)"
+        )
     record = _metrics_record(session.base, session)
     session.run_dir.save_base(record)
     if session.settings.storage:
