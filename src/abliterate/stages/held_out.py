@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 from torch import Tensor
 
@@ -230,27 +231,30 @@ def chosen_model(session: Session, record: TrialRecord, exported: Exported | Non
     """(model, tokenizer, what was measured) of the chosen trial: loaded back from the first
     exported kind (merged, GGUF, adapter), or with no export the session's model edited in
     memory. A loaded copy is freed when the block ends."""
-    s = session.settings
-    if exported is None or not exported.paths:
-        edits = plan(session.layout.writers, session.directions, record.params)
-        with session.editor.applied(edits):
-            yield (
-                session.model,
-                session.tokenizer,
-                {
-                    "weights": "edited in memory (no export)",
-                    "dtype": str(session.model.dtype).removeprefix("torch."),
-                    "quantization": s.quantization,
-                },
-            )
+    path = None if exported is None else exported.merged or exported.gguf or exported.adapter
+    if exported is None or path is None:
+        with in_memory(session, record, "edited in memory (no export)") as found:
+            yield found
         return
-    path = exported.merged or exported.gguf or exported.adapter
-    assert path is not None
     # Reading a GGUF converts it into the cache once; a conversion made only for this report
     # (about 4 bytes per parameter) is removed with it.
     converted = gguf.converted_dir(path) if path == exported.gguf else None
     made_here = converted is not None and not converted.exists()
-    model, tokenizer, what = _load_exported(exported, s, say)
+    try:
+        model, tokenizer, what = _load_exported(exported, session.settings, say)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        # A second copy of a model that only just fits would end a finished run in an error;
+        # the in-memory edit is the same model (tests/test_export.py proves it), so measure that.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        say(
+            "[yellow]warning:[/yellow] no memory for the export beside the model; "
+            "measuring the edit in memory"
+        )
+        with in_memory(session, record, "edited in memory (the export did not fit)") as found:
+            yield found
+        return
     try:
         yield model, tokenizer, what
     finally:
@@ -258,6 +262,15 @@ def chosen_model(session: Session, record: TrialRecord, exported: Exported | Non
         gc.collect()
         if made_here and converted is not None:
             shutil.rmtree(converted, ignore_errors=True)
+
+
+@contextmanager
+def in_memory(session: Session, record: TrialRecord, weights: str):
+    edits = plan(session.layout.writers, session.directions, record.params)
+    with session.editor.applied(edits):
+        dtype = str(session.model.dtype).removeprefix("torch.")
+        what = {"weights": weights, "dtype": dtype, "quantization": session.settings.quantization}
+        yield session.model, session.tokenizer, what
 
 
 def _load_exported(exported: Exported, s, say) -> tuple[Any, Any, dict[str, Any]]:
