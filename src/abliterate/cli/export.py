@@ -185,9 +185,14 @@ def held_out_after_export(settings, run_dir: str, record, exported) -> None:
     from abliterate.stages.session import open_session
 
     events = Events(message=lambda m: err.print(f"  {m}", highlight=False))
-    session = open_session(
-        settings.model_copy(update={"run_dir": run_dir}), events, for_search=False
-    )
-    held = pipeline.report(session, record, exported, events)
+    try:
+        session = open_session(
+            settings.model_copy(update={"run_dir": run_dir}), events, for_search=False
+        )
+        held = pipeline.report(session, record, exported, events)
+    except AbliterateError as exc:
+        # The export is written and complete; a report that cannot be made must not undo it.
+        err.print(f"[yellow]warning:[/yellow] no held-out report for this export: {exc}")
+        return
     if held is not None:
         err.print(held_out_table(held))

@@ -144,7 +144,7 @@ def generation_batches(
                 n = b.input_ids.shape[0]
                 threads.recheck()
                 inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
-                yield n, {**inputs, "past_key_values": cache.for_batch(n)}
+                yield n, {**inputs, cache.keyword: cache.for_batch(n)}
             return
     for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
         yield n, dict(enc)

@@ -71,8 +71,9 @@ def reference(
     prefix = None
     for _n, inputs in generation_batches(model, tokenizer, texts, batch_size, share_prefix):
         ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].cpu()
-        if "past_key_values" in inputs and prefix is None:
-            ref.prefix_length = inputs["past_key_values"].get_seq_length()
+        cache = inputs.get("cache", inputs.get("past_key_values"))
+        if cache is not None and prefix is None:
+            ref.prefix_length = cache.get_seq_length()
             prefix = PrefixCache(model, ids[0, : ref.prefix_length].tolist())
         if token_count > 1:
             out = model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time

@@ -14,6 +14,7 @@ the prompts, remote code).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,13 @@ def prefix_batches(
         )
 
 
+def cache_keyword(model) -> str:
+    """The name a model's forward takes its key/value cache under: `cache` since transformers
+    5.24 (the old `past_key_values` then warns, and goes in 5.40), `past_key_values` before."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 class PrefixCache:
     """Keys and values of the shared prefix under the model's current weights. Build it again
     after an edit: it is one forward pass over a few dozen tokens."""
@@ -87,10 +95,12 @@ class PrefixCache:
     def __init__(self, model: PreTrainedModel, prefix_ids: Sequence[int]):
         device = next(model.get_input_embeddings().parameters()).device
         self.length = len(prefix_ids)
+        self.keyword = cache_keyword(model)
         ids = torch.tensor([list(prefix_ids)], device=device)
-        self.cache = model(
-            input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True
-        ).past_key_values
+        out = model(
+            input_ids=ids, **{self.keyword: DynamicCache(config=model.config)}, use_cache=True
+        )
+        self.cache = out["cache"] if "cache" in out else out["past_key_values"]
 
     def for_batch(self, size: int) -> DynamicCache:
         """A private copy for a batch of `size` rows (generation appends to it)."""
@@ -107,7 +117,7 @@ class PrefixCache:
             input_ids=ids[:, p:],
             attention_mask=mask,
             position_ids=positions(mask)[:, p:],
-            past_key_values=self.for_batch(ids.shape[0]),
+            **{self.keyword: self.for_batch(ids.shape[0])},
             use_cache=True,
             logits_to_keep=keep,
         ).logits[:, -keep:]

@@ -278,7 +278,7 @@ def _load_exported(exported: Exported, s, say) -> tuple[Any, Any, dict[str, Any]
     of the weights measured."""
     options: dict[str, Any] = dict(
         device_map=s.device_map, max_memory=s.max_memory, on_message=say, dtypes=s.dtypes,
-        quantization=s.quantization,
+        quantization=s.quantization, trust_remote_code=s.trust_remote_code,
     )  # fmt: skip
     if exported.merged is not None or exported.gguf is not None:
         path = exported.merged or exported.gguf
