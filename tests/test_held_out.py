@@ -214,3 +214,21 @@ def test_an_adapter_export_is_measured_through_peft_and_fraction_zero_turns_it_o
     assert not (tmp_path / "run-off" / "held_out.json").exists()
     card = (off / "README.md").read_text()
     assert "## Metrics" in card and "Held-out" not in card
+
+
+def test_a_resumed_run_whose_report_prompts_changed_is_stopped(tmp_path, capsys):
+    import tiny
+    from abliterate.cli.main import main
+    from conftest import random_model_run
+
+    model = tiny.save("llama", tmp_path / "model")
+    args = random_model_run(model, tmp_path / "run", "--report-response-length", "4")
+    assert main(args) == 0
+    split_file = tmp_path / "run" / "split.json"
+    split = json.loads(split_file.read_text())
+    split["report"]["harmful_report_prompts"] = ["a prompt from another file"]
+    split_file.write_text(json.dumps(split))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "held-out report prompts differ" in err and "loaded" not in err  # before the load

@@ -28,7 +28,7 @@ from abliterate.runs import (
 from abliterate.search import study as st
 from abliterate.search.objective import ObjectiveWeights
 from abliterate.stages.directions import check_shape, directions_from_tensors, obtain_directions
-from abliterate.stages.split import PAIRS, report_split
+from abliterate.stages.split import PAIRS, ReportSplit, report_split
 
 
 @dataclass
@@ -98,25 +98,26 @@ def load_prompts(settings: Settings, keys: tuple[str, ...] = PROMPT_SETS) -> dic
     return sets
 
 
-def split_prompts(settings: Settings, prompts: dict[str, list[str]]) -> dict[str, list[str]]:
-    """The sets with the evaluation ones cut to their search part, and the report parts added
-    (stages/split.py)."""
+def split_prompts(
+    settings: Settings, prompts: dict[str, list[str]]
+) -> tuple[dict[str, list[str]], ReportSplit | None]:
+    """The sets with the evaluation ones cut to their search part and the report parts added
+    (stages/split.py), and the split itself (None when an evaluation set was not loaded)."""
     if not all(key in prompts for key, _ in PAIRS):
-        return prompts
+        return prompts, None
     split = report_split(prompts, settings.report_fraction, settings.seed)
-    return {**prompts, **split.search, **split.report}
+    return {**prompts, **split.search, **split.report}, split
 
 
-def save_split(settings: Settings, run_dir: RunDir, prompts: dict[str, list[str]]) -> None:
-    """Record the split; a resumed run whose prompt files changed since is stopped here."""
-    record = report_split(prompts, settings.report_fraction, settings.seed).record()
+def check_split(run_dir: RunDir, split: ReportSplit) -> None:
+    """A resumed run whose report prompts changed (a prompt file was edited) is stopped before
+    the model loads."""
     saved = run_dir.load_split()
-    if saved is not None and saved["report"] != record["report"]:
+    if saved is not None and saved["report"] != split.report:
         raise AbliterateError(
             f"the held-out report prompts differ from the ones {run_dir.path} was started with "
             "(did a prompt file change?); use --new-run to start over"
         )
-    run_dir.save_split(record)
 
 
 def load_model(settings: Settings, events: Events) -> loading.Loaded:
@@ -171,8 +172,9 @@ def open_session(
         if settings.storage:
             join_study(settings, run_dir)
     # Prompt sets before the model: a bad path or an offline hub id should not cost a load.
-    loaded_sets = load_prompts(settings)
-    prompts = split_prompts(settings, loaded_sets)
+    prompts, split = split_prompts(settings, load_prompts(settings))
+    if for_search and split is not None and not new_run:
+        check_split(run_dir, split)
     loaded = load_model(settings, events)
     model, tokenizer = loaded.model, loaded.tokenizer
     if "embed" in settings.components and untie_embeddings(model):
@@ -185,7 +187,8 @@ def open_session(
         events.message(f"[yellow]warning:[/yellow] {warning}")
     if for_search:
         run_dir.commit(settings, new_run=new_run)
-        save_split(settings, run_dir, loaded_sets)
+        if split is not None:
+            run_dir.save_split(split.record())
     bs = batch_size(settings, model)
     tensors = obtain_directions(settings, run_dir, model, tokenizer, layout, prompts, events, bs)
     directions = directions_from_tensors(tensors)
