@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.table import Table
-
 from abliterate.cli.console import err, out, stage_progress
 from abliterate.config import load_settings
 from abliterate.organism.arches import ARCHES
@@ -26,7 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from abliterate.cli.run import execute
     from abliterate.organism import ORGANISM_VERSION, organism_path
-    from abliterate.workflows.evaluate import evaluate_against_base
 
     err.print(
         "[bold]abliterate demo[/bold]: the built-in model organism (a tiny chat model "
@@ -47,33 +44,10 @@ def handle(args: argparse.Namespace) -> int:
         output=str(output),
         overwrite=args.output is None,
     )
+    # The run ends with the held-out report: the export read back from its files and measured
+    # with the base organism on evaluation prompts the search never saw.
     code = execute(settings)
     if code:
         return code
-    err.print("measuring the base organism and the abliterated one on held-out prompts")
-    result = evaluate_against_base(settings, str(output), str(organism))
-    out.print(before_after(result))
     out.print(f"abliterated organism: {output}\nrun directory: {run_dir}", highlight=False)
     return 0
-
-
-def before_after(result: dict) -> Table:
-    table = Table(
-        title="Organism before and after (held-out evaluation prompts)", title_justify="left"
-    )
-    for col in ("metric", "before", "after"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    rows = [
-        ("refusal rate, harmful prompts", "refusal_rate"),
-        ("over-refusal, harmless prompts", "overrefusal_rate"),
-        ("KL divergence from base", "kl"),
-        ("capability (exact match)", "capability"),
-    ]
-    for label, key in rows:
-        b, a = result["base_metrics"].get(key), result["metrics"].get(key)
-        if a is None:
-            continue
-        table.add_row(
-            label, "0" if key == "kl" else f"{b:.2f}", f"{a:.4f}" if key == "kl" else f"{a:.2f}"
-        )
-    return table
