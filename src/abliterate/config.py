@@ -378,6 +378,14 @@ class EvaluationSettings(BaseModel):
         "batch instead of once per prompt. Checked against plain batches on the unedited model "
         "and left off where the two disagree (sliding windows, recurrent layers).",
     )
+    own_decoding: bool = _field(
+        True,
+        "evaluation",
+        "Decode a search's answers with abliterate's own greedy loop, in which a row leaves the "
+        "batch as soon as it refused, ended its turn or reached its length, instead of "
+        "model.generate (which computes every row until the batch's last one stops). Checked "
+        "against model.generate on the unedited model and left off where the two disagree.",
+    )
     capability_prompts: str | None = _field(
         None,
         "evaluation",

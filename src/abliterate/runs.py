@@ -52,6 +52,7 @@ RUNTIME_KEYS = frozenset(
         "overwrite",
         "batch_size",
         "shared_prefix",  # a faster layout of the same computation (checked to agree)
+        "own_decoding",  # the same greedy answers, decoded faster (checked to agree)
         "max_batch_size",
         "device_map",
         "max_memory",

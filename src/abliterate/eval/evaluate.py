@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from abliterate.config import field_default
+from abliterate.eval import greedy
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.estimate import RefusalEstimate
 from abliterate.eval.generate import generate
@@ -39,6 +40,7 @@ class EvalSettings:
     overrefusal_response_length: int = 0  # new tokens per harmless answer; 0 = max_response_length
     sample_seed: int = field_default("seed")
     shared_prefix: bool = field_default("shared_prefix")  # where the model agrees (prefix.py)
+    own_decoding: bool = field_default("own_decoding")  # where the model agrees (greedy.py)
     markers: MarkerConfig = field(default_factory=lambda: MarkerConfig((), ()))
     scorers: tuple[str, ...] = (
         "refusal_rate",
@@ -99,6 +101,11 @@ class Evaluator:
         # Checked and computed on the model as it is now: build the evaluator before any edit.
         self.prefix_check = self._check_prefix()
         self.share_prefix = self.prefix_check.used
+        self.greedy_check = (
+            greedy.check(model, tokenizer, self.harmful_texts)
+            if settings.own_decoding
+            else greedy.GreedyCheck(False, "turned off")
+        )
         self.reference = kl_mod.reference(
             model,
             tokenizer,
@@ -140,6 +147,7 @@ class Evaluator:
             on_batch=tick,
             delimiters=self.settings.markers.delimiters,
             share_prefix=self.share_prefix,
+            own_loop=self.greedy_check.used,
         )
 
     def harmful_refusal_rate(self, max_new_tokens: int) -> float:
@@ -154,6 +162,7 @@ class Evaluator:
             stop_markers=self.settings.markers.refusal,
             delimiters=self.settings.markers.delimiters,
             share_prefix=self.share_prefix,
+            own_loop=self.greedy_check.used,
         )
         obs = Observation(markers=self.settings.markers, harmful_responses=responses)
         return score(obs, ("refusal_rate",))["refusal_rate"]

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from abliterate import threads
+from abliterate.eval import greedy
 from abliterate.eval.prefix import (
     MIN_PREFIX,
     PrefixCache,
@@ -56,7 +57,7 @@ def special_pattern(
 
 def decode_rows(
     tokenizer: PreTrainedTokenizerBase,
-    ids: torch.Tensor,
+    ids: torch.Tensor | list[list[int]],
     prefixes: Sequence[str],
     specials: re.Pattern[str],
 ) -> list[str]:
@@ -155,40 +156,73 @@ def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     batch_size: int = 32,
     stop_markers: Sequence[str] | None = REFUSAL_MARKERS,
     on_batch: Callable[[int], None] | None = None,
     delimiters: Sequence[tuple[str, str]] = REASONING_DELIMITERS,
     share_prefix: bool = False,
+    own_loop: bool = False,
 ) -> list[str]:
     """Greedy continuations of already chat-formatted `texts`.
 
     Special tokens are removed except those in reasoning `delimiters`; a reasoning block the
     prompt opened is re-opened at the start of its response (see `reopened`).
-    `stop_markers=None` always generates `max_new_tokens` (or up to eos)."""
+    `stop_markers=None` always generates `max_new_tokens` (or up to eos). `own_loop` decodes
+    with eval/greedy.py (finished rows leave the batch; the caller has checked that the model
+    agrees), which also takes a budget per text."""
+    budgets = (
+        [max_new_tokens] * len(texts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    )
+    if not own_loop and len(set(budgets)) > 1:
+        raise ValueError("a budget per text needs own_loop")
     specials = special_pattern(tokenizer, delimiters)
     prefixes = [reopened(t, delimiters) for t in texts]
+    eos = greedy.eos_ids(model, tokenizer) if own_loop else set()
     outputs: list[str] = []
     for n, inputs in generation_batches(model, tokenizer, texts, batch_size, share_prefix):
-        width = inputs["input_ids"].shape[1]
         rows = prefixes[len(outputs) : len(outputs) + n]
-        stops = (
-            [RefusalStop(tokenizer, width, stop_markers, delimiters, rows)]
-            if stop_markers
-            else None
-        )
-        out = model.generate(  # type: ignore[operator]  # GenerationMixin is mixed in at run time
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            stopping_criteria=stops,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        outputs += decode_rows(tokenizer, out[:, width:], rows, specials)
+        row_budgets = budgets[len(outputs) : len(outputs) + n]
+        stop = (stop_markers, delimiters, rows)
+        if own_loop:
+            new = _own_loop(model, tokenizer, inputs, row_budgets, eos, *stop)
+        else:
+            new = _generate(model, tokenizer, inputs, row_budgets[0], *stop)
+        outputs += decode_rows(tokenizer, new, rows, specials)
         if on_batch:
             on_batch(n)
     return outputs
+
+
+def _generate(model, tokenizer, inputs: dict, budget: int, stop_markers, delimiters, rows):
+    width = inputs["input_ids"].shape[1]
+    stops = (
+        [RefusalStop(tokenizer, width, stop_markers, delimiters, rows)] if stop_markers else None
+    )
+    out = model.generate(
+        **inputs,
+        max_new_tokens=budget,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        stopping_criteria=stops,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return out[:, width:]
+
+
+def _own_loop(model, tokenizer, inputs: dict, budgets, eos, stop_markers, delimiters, rows):
+    specials = special_pattern(tokenizer, delimiters)
+    finished = None
+    if stop_markers:
+
+        def finished(row: int, ids: list[int]) -> bool:
+            text = specials.sub("", rows[row] + tokenizer.decode(ids, skip_special_tokens=False))
+            return settled_refusal(text, stop_markers, delimiters)
+
+    cache = inputs.get("cache", inputs.get("past_key_values"))
+    cached = cache.get_seq_length() if cache is not None else 0
+    return greedy.decode(
+        model, inputs["input_ids"], inputs["attention_mask"], budgets, eos, finished, cache, cached
+    )

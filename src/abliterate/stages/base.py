@@ -23,6 +23,7 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
         overrefusal_response_length=settings.overrefusal_response_length if search else 0,
         sample_seed=settings.seed,
         shared_prefix=settings.shared_prefix,
+        own_decoding=settings.own_decoding,
         system_prompt=settings.system_prompt,
         kl_token_count=settings.kl_token_count,
         markers=MarkerConfig(
@@ -53,6 +54,8 @@ def measure_base(session: Session, events: Events) -> Metrics:
         eval_settings(s, session.batch_size, search=True),
     )
     events.message(prefix_line(session.evaluator.prefix_check))
+    check = session.evaluator.greedy_check
+    events.message(f"own decoding loop: {'on' if check.used else 'off'} ({check.reason})")
     session.base = session.evaluator.evaluate(
         progress=lambda st_, d, t: events.progress(f"base {st_}", d, t)
     )

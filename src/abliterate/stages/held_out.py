@@ -26,6 +26,7 @@ from torch import Tensor
 
 from abliterate.atomic import write_text
 from abliterate.edit.plan import plan
+from abliterate.eval import greedy
 from abliterate.eval import kl as kl_mod
 from abliterate.eval.answers import classify, wilson
 from abliterate.eval.capability import exact_match, probe_answers, read_probes
@@ -89,14 +90,14 @@ class ReportTexts:
 
 def labelled_answers(
     model, tokenizer, prompts: list[str], texts: list[str], es: EvalSettings, length: int,
-    tick: Callable[[int], None] | None = None,
+    tick: Callable[[int], None] | None = None, own_loop: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Greedy answers of `length` new tokens, each with its refusal and answer-class labels.
     No early stop on refusal markers: a refusal may be followed by text that changes nothing,
     but the report keeps the whole answer for a reader."""
     responses = generate(
         model, tokenizer, texts, length, es.batch_size, stop_markers=(), on_batch=tick,
-        delimiters=es.markers.delimiters,
+        delimiters=es.markers.delimiters, own_loop=own_loop,
     )  # fmt: skip
     out = []
     for prompt, response in zip(prompts, responses, strict=True):
@@ -131,10 +132,11 @@ def summary(harmful: list[dict], harmless: list[dict]) -> dict[str, Any]:
 def measure(
     model, tokenizer, report: ReportTexts, es: EvalSettings, length: int,
     references: dict[str, kl_mod.KLReference] | None = None, progress: Progress | None = None,
-    probes: Sequence[dict[str, str]] = (),
+    probes: Sequence[dict[str, str]] = (), own_loop: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Answers, rates, (against `references`, the base model's) KL, and the exact-answer rate on
-    capability `probes` of one model."""
+    capability `probes` of one model. `own_loop`: decode with eval/greedy.py (checked by the
+    caller), where rows that end their turn leave the batch."""
     done = {"harmful": 0, "harmless": 0}
 
     def ticker(part: str, total: int) -> Callable[[int], None]:
@@ -147,11 +149,11 @@ def measure(
 
     harmful = labelled_answers(
         model, tokenizer, report.harmful, report.harmful_texts, es, length,
-        ticker("harmful", len(report.harmful)),
+        ticker("harmful", len(report.harmful)), own_loop,
     )  # fmt: skip
     harmless = labelled_answers(
         model, tokenizer, report.harmless, report.harmless_texts, es, length,
-        ticker("harmless", len(report.harmless)),
+        ticker("harmless", len(report.harmless)), own_loop,
     )  # fmt: skip
     result = {**summary(harmful, harmless), "response_length": length}
     for name, ref in (references or {}).items():
@@ -306,26 +308,21 @@ def held_out_report(
     """Measure base and chosen model on the report prompts; saved as held_out.json in the run
     directory and, with an export, into its trial.json and model card."""
     s = session.settings
-    es = eval_settings(s, session.batch_size)
-    length = s.report_response_length
-    prompts = (
-        session.prompts["harmful_report_prompts"],
-        session.prompts["harmless_report_prompts"],
-    )
-    report = ReportTexts.build(session.tokenizer, *prompts, s.system_prompt)
 
     def progress(who: str) -> Progress:
         return lambda part, done, total: events.progress(f"held-out {who} {part}", done, total)
 
-    refs = kl_references(session.model, session.tokenizer, report, session.batch_size)
-    probes = report_probes(s)
-    base = _base(session, report, es, length, progress("base"), probes)
+    baseline = Baseline.of(
+        session.model, session.tokenizer, session.prompts["harmful_report_prompts"],
+        session.prompts[HARMLESS_REPORT], eval_settings(s, session.batch_size),
+        s.report_response_length, report_probes(s), progress("base"),
+        saved=session.run_dir.load_held_out(),
+    )  # fmt: skip
     with chosen_model(session, record, exported, events.message) as (model, tokenizer, what):
-        texts = ReportTexts.build(tokenizer, *prompts, s.system_prompt)
-        chosen = measure(model, tokenizer, texts, es, length, refs, progress("chosen"), probes)
+        chosen = baseline.against(model, tokenizer, progress("chosen"))
     if s.judge:
-        add_judge(s, (base, chosen), events.message)
-    result = {"measured": what, "trial": record.number, "base": base, "chosen": chosen}
+        add_judge(s, (baseline.base, chosen), events.message)
+    result = {"measured": what, "trial": record.number, "base": baseline.base, "chosen": chosen}
     session.run_dir.save_held_out(result)
     if exported is not None:
         for directory in {p if p.is_dir() else p.parent for p in exported.paths}:
@@ -333,24 +330,57 @@ def held_out_report(
     return result
 
 
-def _base(session: Session, report: ReportTexts, es: EvalSettings, length: int, progress, probes):
-    """The base model's report, reused from an earlier report of this run when it measured the
-    same prompts at the same length (exports of several trials measure the base once)."""
-    saved = session.run_dir.load_held_out()
-    if saved is not None:
-        base = saved["base"]
-        answers = base["answers"]
-        same = (
-            base["response_length"] == length
-            and [a["prompt"] for a in answers["harmful"]] == report.harmful
-            and [a["prompt"] for a in answers["harmless"]] == report.harmless
-            and [p["prompt"] for p in base.get("capability_answers", [])]
-            == [p["prompt"] for p in probes]
-        )
-        if same:
-            return base
-    return measure(
-        session.model, session.tokenizer, report, es, length, progress=progress, probes=probes
+@dataclass
+class Baseline:
+    """The base model's side of a report, measured once: its KL references on the report
+    prompts and its own report. Every other model (the chosen trial, each compared trial,
+    another tool's export, a model given to `evaluate`) is measured `against` it."""
+
+    harmful: list[str]
+    harmless: list[str]
+    es: EvalSettings
+    length: int
+    probes: Sequence[dict[str, str]]
+    refs: dict
+    base: dict[str, Any]
+    own_loop: bool = False  # eval/greedy.py agreed with model.generate on the base model
+
+    @classmethod
+    def of(
+        cls, model, tokenizer, harmful: list[str], harmless: list[str], es: EvalSettings,
+        length: int, probes: Sequence[dict[str, str]] = (), progress: Progress | None = None,
+        saved: dict[str, Any] | None = None,
+    ) -> Baseline:  # fmt: skip
+        """The base report is reused from `saved` (an earlier held_out.json of the same run)
+        when that measured the same prompts and probes at the same length: exports of several
+        trials measure the base once."""
+        texts = ReportTexts.build(tokenizer, harmful, harmless, es.system_prompt)
+        refs = kl_references(model, tokenizer, texts, es.batch_size)
+        own_loop = es.own_decoding and greedy.check(model, tokenizer, texts.harmful_texts).used
+        reusable = saved is not None and _same_report(saved["base"], texts, length, probes)
+        base = saved["base"] if saved is not None and reusable else None
+        if base is None:
+            base = measure(model, tokenizer, texts, es, length, None, progress, probes, own_loop)
+        return cls(harmful, harmless, es, length, probes, refs, base, own_loop)
+
+    def against(self, model, tokenizer, progress: Progress | None = None) -> dict[str, Any]:
+        """`model`'s report, its KL taken from the base's references. Its own tokenizer formats
+        the prompts (a read-back export carries its own copy)."""
+        texts = ReportTexts.build(tokenizer, self.harmful, self.harmless, self.es.system_prompt)
+        return measure(
+            model, tokenizer, texts, self.es, self.length, self.refs, progress, self.probes,
+            self.own_loop,
+        )  # fmt: skip
+
+
+def _same_report(base: dict[str, Any], texts: ReportTexts, length: int, probes) -> bool:
+    answers = base["answers"]
+    return (
+        base["response_length"] == length
+        and [a["prompt"] for a in answers["harmful"]] == texts.harmful
+        and [a["prompt"] for a in answers["harmless"]] == texts.harmless
+        and [p["prompt"] for p in base.get("capability_answers", [])]
+        == [p["prompt"] for p in probes]
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from abliterate.config import load_settings
 from abliterate.edit.plan import plan
@@ -21,7 +20,7 @@ from abliterate.runs import RunDir
 from abliterate.search.record import TrialRecord
 from abliterate.search.select import Candidate, pareto_front, select
 from abliterate.stages.base import eval_settings
-from abliterate.stages.held_out import ReportTexts, kl_references, measure
+from abliterate.stages.held_out import Baseline, report_probes
 from abliterate.stages.held_out import figures as headline_figures
 from abliterate.stages.session import Session, open_session
 from abliterate.workflows.heretic import heretic_section
@@ -192,13 +191,14 @@ class HereticInput:
 @dataclass
 class HeldOut:
     """Each compared trial measured like a run's held-out report (stages/held_out.py), in
-    memory, on the run's report prompts: figures only, no answers."""
+    memory, on the run's report prompts, capability probes included: figures only, no
+    answers."""
 
-    texts: ReportTexts
-    refs: dict
-    base: dict
-    es: Any = None  # EvalSettings of the run
-    length: int = 128
+    baseline: Baseline
+
+    @property
+    def base(self) -> dict:
+        return headline_figures(self.baseline.base)
 
     @classmethod
     def start(cls, session: Session) -> HeldOut | None:
@@ -206,14 +206,12 @@ class HeldOut:
         if not session.prompts.get("harmful_report_prompts"):
             return None
         s = session.settings
-        texts = ReportTexts.build(
-            session.tokenizer, session.prompts["harmful_report_prompts"],
-            session.prompts["harmless_report_prompts"], s.system_prompt,
+        baseline = Baseline.of(
+            session.model, session.tokenizer, session.prompts["harmful_report_prompts"],
+            session.prompts["harmless_report_prompts"], eval_settings(s, session.batch_size),
+            s.report_response_length, report_probes(s),
         )  # fmt: skip
-        refs = kl_references(session.model, session.tokenizer, texts, session.batch_size)
-        es, length = eval_settings(s, session.batch_size), s.report_response_length
-        base = measure(session.model, session.tokenizer, texts, es, length)
-        return cls(texts, refs, headline_figures(base), es, length)
+        return cls(baseline)
 
     def measure(self, session: Session) -> dict:
         """The session's model as it is now (a trial's edit applied)."""
@@ -221,9 +219,7 @@ class HeldOut:
 
     def measure_model(self, model, tokenizer) -> dict:
         """Any model with the run's tokenizer (another tool's export of the same base)."""
-        return headline_figures(
-            measure(model, tokenizer, self.texts, self.es, self.length, self.refs)
-        )
+        return headline_figures(self.baseline.against(model, tokenizer))
 
 
 def _trial_entry(record: TrialRecord, prompts: dict, base: dict, edited: dict) -> dict:

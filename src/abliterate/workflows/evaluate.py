@@ -13,13 +13,7 @@ from abliterate.eval.evaluate import Evaluator
 from abliterate.events import Events
 from abliterate.model import loading
 from abliterate.stages.base import eval_settings
-from abliterate.stages.held_out import (
-    ReportTexts,
-    add_judge,
-    kl_references,
-    measure,
-    report_probes,
-)
+from abliterate.stages.held_out import Baseline, add_judge, report_probes
 from abliterate.stages.session import batch_size, load_model, load_prompts, resolve_prompt_defaults
 
 
@@ -50,9 +44,11 @@ def evaluate_against_base(
     )
     measured = _measure(evaluator, probes, settings.system_prompt)
     result: dict[str, Any] = {"model": model, "base": base, "base_metrics": measured}
-    long = settings.report_response_length
-    items = report_probes(settings)
-    report, refs, base_report = _base_report(base_model, evaluator, long, items)
+    baseline = Baseline.of(
+        base_model.model, base_model.tokenizer, evaluator.harmful_prompts,
+        evaluator.harmless_prompts, evaluator.settings, settings.report_response_length,
+        report_probes(settings),
+    )  # fmt: skip
     base_ids = base_model.tokenizer(evaluator.harmless_texts[0])["input_ids"]
     # The reference log-probs live on the CPU: the base model can go before the model loads.
     del base_model
@@ -67,12 +63,7 @@ def evaluate_against_base(
     evaluator.model, evaluator.tokenizer = edited_model, edited_tok
     result["metrics"] = _measure(evaluator, probes, settings.system_prompt)
     # The report's figures: longer answers, intervals and n, answer classes, multi-token KL.
-    result["report"] = {
-        "base": base_report,
-        "model": measure(
-            edited_model, edited_tok, report, evaluator.settings, long, refs, None, items
-        ),
-    }
+    result["report"] = {"base": baseline.base, "model": baseline.against(edited_model, edited_tok)}
     if settings.judge:
         del edited_model
         evaluator.model = None  # type: ignore[assignment]
@@ -86,18 +77,6 @@ def _load(settings: Settings, model: str, events: Events) -> tuple[Any, Any]:
     """(model, tokenizer), the model referenced once, so that a judge can have its memory."""
     edited = load_model(settings.model_copy(update={"model": model}), events)
     return edited.model, edited.tokenizer
-
-
-def _base_report(base: loading.Loaded, evaluator: Evaluator, length: int, probes):
-    """The report prompts (the evaluation sets) formatted, the base model's KL references on
-    them and its own report."""
-    report = ReportTexts.build(
-        base.tokenizer, evaluator.harmful_prompts, evaluator.harmless_prompts,
-        evaluator.settings.system_prompt,
-    )  # fmt: skip
-    refs = kl_references(base.model, base.tokenizer, report, evaluator.settings.batch_size)
-    es = evaluator.settings
-    return report, refs, measure(base.model, base.tokenizer, report, es, length, probes=probes)
 
 
 def _checked(settings: Settings, model: str, base: str) -> Settings:
