@@ -1,6 +1,7 @@
 """A real pretrained, safety-tuned chat model end to end, as a user runs it: Qwen2.5-Coder-0.5B-
-Instruct as a Q4_K_M GGUF in, a short search, a GGUF out; the exported file is then measured by
-`abliterate evaluate` on harmful prompts that neither the directions nor the search saw.
+Instruct as a Q4_K_M GGUF in, a short search, a GGUF out; the run's held-out report reads the
+exported file back and measures it on rows of the val sets, which neither the directions nor the
+search saw.
 
 SmolLM2-135M-Instruct refuses nothing: the run must stop with the clear error that there is
 no refusal behaviour to remove.
@@ -10,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import realmodels
 from abliterate.cli.main import main
 from abliterate.model import gguf
+from abliterate.stages.held_out import figures
 from conftest import SHARED_PROMPTS
 
 pytestmark = pytest.mark.slow
@@ -71,7 +73,10 @@ def test_gguf_to_gguf_run_lowers_held_out_refusals(tmp_path):
     run = cli(
         "run", str(qwen), *sets(32, 16), "--n-trials", "3", "--max-response-length", "16",
         "--run-dir", str(tmp_path / "run"), "--export", "gguf", "--output", str(out),
-        # shorter held-out answers than the default 128: CI time (the benchmark uses 128)
+        # Held out: rows of the val sets, which the run reads only for its report; shorter
+        # answers than the default 128 for CI time (the benchmark uses 128).
+        "--harmful-report-prompts", f"{SHARED_PROMPTS / 'harmful_val.jsonl'}:train[:20]",
+        "--harmless-report-prompts", f"{SHARED_PROMPTS / 'harmless_val.jsonl'}:train[:16]",
         "--report-response-length", "48",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -86,21 +91,12 @@ def test_gguf_to_gguf_run_lowers_held_out_refusals(tmp_path):
     assert next(iter(trial)) == "held_out"
     assert "## Held-out evaluation" in (out / "README.md").read_text()
     assert not gguf.converted_dir(exported).exists()
-    # Held out: the val sets, which the run never read. The exported file is read back by
-    # transformers' GGUF reader (converted once into the cache, removed afterwards).
-    converted = gguf.converted_dir(exported)
-    try:
-        evaluate = cli(
-            "evaluate", str(exported), "--base", str(qwen), "--max-response-length", "24",
-            "--report-response-length", "24",
-            "--harmful-eval-prompts", f"{SHARED_PROMPTS / 'harmful_val.jsonl'}",
-            "--harmless-eval-prompts", f"{SHARED_PROMPTS / 'harmless_val.jsonl'}:train[:24]",
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(converted, ignore_errors=True)
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    result = json.loads(evaluate.stdout)
-    base, edited = result["base_metrics"], result["metrics"]
-    assert base["refusal_rate"] >= 0.3  # the model does refuse plain harmful requests
-    assert edited["refusal_rate"] < base["refusal_rate"] - 0.1, (base, edited, trial["metrics"])
-    assert edited["kl"] < 1.0
+    assert not Path(f"{gguf.converted_dir(exported)}.lock").exists()
+    # The export as transformers' GGUF reader gives it back, against the base GGUF.
+    base, edited = held["base"], held["chosen"]
+    assert base["refusal_rate"]["n"] == 20 and base["overrefusal_rate"]["n"] == 16
+    assert base["refusal_rate"]["value"] >= 0.3  # the model does refuse plain harmful requests
+    assert edited["refusal_rate"]["value"] < base["refusal_rate"]["value"] - 0.1, (
+        figures(base), figures(edited), trial["metrics"],
+    )  # fmt: skip
+    assert edited["kl"]["value"] < 1.0

@@ -264,6 +264,7 @@ def chosen_model(session: Session, record: TrialRecord, exported: Exported | Non
         gc.collect()
         if made_here and converted is not None:
             shutil.rmtree(converted, ignore_errors=True)
+            Path(str(converted) + ".lock").unlink(missing_ok=True)
 
 
 @contextmanager
