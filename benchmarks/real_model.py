@@ -69,26 +69,29 @@ def trial_parts(run_dir: Path) -> dict[str, float]:
 
 
 def samples(base: Path, exported: Path, prompts: list[str], tokens: int) -> list[dict]:
-    """Greedy answers of both files, read with plain transformers (no abliterate code)."""
+    """Greedy answers of both files, read with plain transformers (no abliterate code), the
+    prompts in one left-padded batch."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = [{"prompt": p} for p in prompts]
     for key, path in (("before", base), ("after", exported)):
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
-        for row in out:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": row["prompt"]}],
-                add_generation_prompt=True,
-                tokenize=False,
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
             )
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
-            row[key] = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            for p in prompts
+        ]
+        ids = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
+        for row, new in zip(out, gen[:, ids["input_ids"].shape[1] :], strict=True):
+            row[key] = tok.decode(new, skip_special_tokens=True)
         del model
     return out
 
@@ -99,7 +102,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--directions", type=int, default=260, help="rows of each train set")
-    ap.add_argument("--harmless-val", type=int, default=100, help="rows of harmless_val")
+    ap.add_argument("--harmless-val", type=int, default=64, help="rows of harmless_val")
     ap.add_argument("--search-tokens", type=int, default=32)
     ap.add_argument(
         "--overrefusal-sample", type=int, default=16, help="search harmless prompts answered"

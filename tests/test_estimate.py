@@ -60,6 +60,6 @@ def test_estimate_skips_only_dominated_trials_after_checking_itself(organism_dir
             and f["metrics"]["refusal_rate"] <= m["refusal_rate"] - ESTIMATE_MARGIN + 1e-9
             for f in before
         ), r["number"]
-        assert "evaluate_harmful" not in r["seconds"]  # no answer was generated
+        assert not {"evaluate_harmful", "evaluate_answers"} & set(r["seconds"])  # none generated
     chosen = json.loads((run / "chosen.json").read_text())["trial"]
     assert chosen in {r["number"] for r in full}

@@ -99,7 +99,10 @@ def test_organism_refusals_stop_early_and_are_counted_the_same(organism_dir):
     harmless = (organism_dir / "eval" / "harmless.txt").read_text().splitlines()[:8]
 
     def measured(own: bool):
-        s = load_settings(None, model=str(organism_dir), max_response_length=32, own_decoding=own)
+        s = load_settings(
+            None, model=str(organism_dir), max_response_length=32, own_decoding=own,
+            overrefusal_response_length=6,
+        )  # fmt: skip
         settings = eval_settings(s, 8, search=True)
         ev = Evaluator(model, tok, harmful, harmless, settings)
         assert ev.greedy_check.used == own
@@ -113,4 +116,8 @@ def test_organism_refusals_stop_early_and_are_counted_the_same(organism_dir):
     # a refusing row stops at its marker; generate may carry it to the end of its batch
     for a, b in zip(ours.harmful_responses, theirs.harmful_responses, strict=True):
         assert b.startswith(a)
+    for a, b in zip(ours.harmless_responses, theirs.harmless_responses, strict=True):
+        assert b.startswith(a)
+    # the own loop answers harmful and harmless prompts in one pass, each at its own length
+    assert "answers" in ours.seconds and "harmful" in theirs.seconds
     assert torch.is_grad_enabled()  # inference_mode did not leak
