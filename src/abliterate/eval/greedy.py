@@ -63,7 +63,7 @@ def decode(
     cache = cache if cache is not None else DynamicCache(config=model.config)
     mask, step_ids, step_pos = attention_mask, input_ids[:, cached:], pos[:, cached:]
     if len(live) < len(rows):
-        keep = torch.tensor(live, device=input_ids.device)
+        keep = torch.tensor(live)  # on the CPU: valid for cache layers on any device
         mask, step_ids, step_pos = mask[keep], step_ids[keep], step_pos[keep]
         if cached:
             cache.batch_select_indices(keep)
@@ -84,7 +84,7 @@ def decode(
         if len(stay) < len(live):
             if not stay:
                 break
-            keep = torch.tensor(stay, device=chosen.device)
+            keep = torch.tensor(stay)  # on the CPU: valid for cache layers on any device
             cache.batch_select_indices(keep)
             mask, chosen, last = mask[keep], chosen[keep], last[keep]
             live = [live[j] for j in stay]

@@ -137,24 +137,22 @@ def measure(
     """Answers, rates, (against `references`, the base model's) KL, and the exact-answer rate on
     capability `probes` of one model. `own_loop`: decode with eval/greedy.py (checked by the
     caller), where rows that end their turn leave the batch."""
-    done = {"harmful": 0, "harmless": 0}
+    done = 0
+    total = len(report.harmful) + len(report.harmless)
 
-    def ticker(part: str, total: int) -> Callable[[int], None]:
-        def tick(n: int) -> None:
-            done[part] += n
-            if progress:
-                progress(part, done[part], total)
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress("answers", done, total)
 
-        return tick
-
-    harmful = labelled_answers(
-        model, tokenizer, report.harmful, report.harmful_texts, es, length,
-        ticker("harmful", len(report.harmful)), own_loop,
+    # One pass over both sets: on a CPU a decoding step costs about the same for 20 rows as for
+    # 50, and the report's answers are long.
+    both = labelled_answers(
+        model, tokenizer, report.harmful + report.harmless,
+        report.harmful_texts + report.harmless_texts, es, length, tick, own_loop,
     )  # fmt: skip
-    harmless = labelled_answers(
-        model, tokenizer, report.harmless, report.harmless_texts, es, length,
-        ticker("harmless", len(report.harmless)), own_loop,
-    )  # fmt: skip
+    harmful, harmless = both[: len(report.harmful)], both[len(report.harmful) :]
     result = {**summary(harmful, harmless), "response_length": length}
     for name, ref in (references or {}).items():
         result[name] = mean_interval(kl_mod.kl_per_prompt(model, ref))
