@@ -203,6 +203,14 @@ class Evaluator:
                 values["refusal_rate"] = skipped
                 return Metrics(values, pruned=True, seconds=seconds)
         obs = Observation(kl=kl_value, markers=self.settings.markers)
+        self._answer(obs, progress, lap)
+        values = {**score(obs, self.settings.scorers), **estimated}
+        return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
+
+    def _answer(
+        self, obs: Observation, progress: Progress | None, lap: Callable[[str], None]
+    ) -> None:
+        """Generate the answers the scorers need into `obs`, timing each pass with `lap`."""
         harmful, harmless = "harmful_responses" in self.needs, "harmless_responses" in self.needs
         long = self.settings.max_response_length
         short = self.settings.overrefusal_response_length or long
@@ -226,8 +234,6 @@ class Evaluator:
                     self.overrefusal_texts, "harmless", progress, short
                 )
                 lap("harmless")
-        values = {**score(obs, self.settings.scorers), **estimated}
-        return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
 
     def enable_estimate(self, base: Metrics) -> None:
         """Screen later evaluations with a one-pass refusal estimate (eval/estimate.py), from
