@@ -185,7 +185,7 @@ def generate(
         row_budgets = budgets[len(outputs) : len(outputs) + n]
         stop = (stop_markers, delimiters, rows)
         if own_loop:
-            new = _own_loop(model, tokenizer, inputs, row_budgets, eos, *stop)
+            new = _own_loop(model, tokenizer, inputs, row_budgets, eos, *stop, specials)
         else:
             new = _generate(model, tokenizer, inputs, row_budgets[0], *stop)
         outputs += decode_rows(tokenizer, new, rows, specials)
@@ -212,13 +212,14 @@ def _generate(model, tokenizer, inputs: dict, budget: int, stop_markers, delimit
     return out[:, width:]
 
 
-def _own_loop(model, tokenizer, inputs: dict, budgets, eos, stop_markers, delimiters, rows):
-    specials = special_pattern(tokenizer, delimiters)
+def _own_loop(
+    model, tokenizer, inputs: dict, budgets, eos, stop_markers, delimiters, rows, specials
+):
     finished = None
     if stop_markers:
 
         def finished(row: int, ids: list[int]) -> bool:
-            text = specials.sub("", rows[row] + tokenizer.decode(ids, skip_special_tokens=False))
+            text = decode_rows(tokenizer, [ids], [rows[row]], specials)[0]
             return settled_refusal(text, stop_markers, delimiters)
 
     cache = inputs.get("cache", inputs.get("past_key_values"))
