@@ -316,6 +316,8 @@ def held_out_report(
         session.prompts[HARMLESS_REPORT], eval_settings(s, session.batch_size),
         s.report_response_length, report_probes(s), progress("base"),
         saved=session.run_dir.load_held_out(),
+        # the search already checked the own loop on this same unedited model
+        own_loop=session.evaluator.greedy_check.used if session.evaluator else None,
     )  # fmt: skip
     with chosen_model(session, record, exported, events.message) as (model, tokenizer, what):
         chosen = baseline.against(model, tokenizer, progress("chosen"))
@@ -348,14 +350,15 @@ class Baseline:
     def of(
         cls, model, tokenizer, harmful: list[str], harmless: list[str], es: EvalSettings,
         length: int, probes: Sequence[dict[str, str]] = (), progress: Progress | None = None,
-        saved: dict[str, Any] | None = None,
+        saved: dict[str, Any] | None = None, own_loop: bool | None = None,
     ) -> Baseline:  # fmt: skip
         """The base report is reused from `saved` (an earlier held_out.json of the same run)
         when that measured the same prompts and probes at the same length: exports of several
         trials measure the base once."""
         texts = ReportTexts.build(tokenizer, harmful, harmless, es.system_prompt)
         refs = kl_references(model, tokenizer, texts, es.batch_size)
-        own_loop = es.own_decoding and greedy.check(model, tokenizer, texts.harmful_texts).used
+        if own_loop is None:  # not checked yet on this model
+            own_loop = es.own_decoding and greedy.check(model, tokenizer, texts.harmful_texts).used
         reusable = saved is not None and _same_report(saved["base"], texts, length, probes)
         base = saved["base"] if saved is not None and reusable else None
         if base is None:
