@@ -158,6 +158,10 @@ def test_choice_is_re_measured_with_longer_answers_and_export_agrees(organism_ru
         assert c["response_length"] == 64  # twice the search's 32 tokens
         # Longer greedy answers extend the shorter ones: refusals can only be added.
         assert c["refusal_rate"] >= trials[n]["metrics"]["refusal_rate"]
+        # checked for damage too: over-refusal on every harmless prompt, the organism's probes
+        assert 0 <= c["overrefusal_rate"] <= 1 and 0 <= c["capability"] <= 1
+    assert not confirmed[chosen]["damaged"] or all(c["damaged"] for c in confirmed.values())
+    assert "over-refusal on every search harmless prompt" in card
     # `export` choosing from the run directory by the same policy lands on the same trial.
     from abliterate.cli.export import from_run_dir, pick_record
 

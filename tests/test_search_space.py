@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -125,3 +127,23 @@ def test_confirmation_budget_is_never_exceeded():
     chosen, confirmed = select_confirmed(cands, "min-kl-under:0.1", confirm, budget=2)
     assert asked == [0, 1] and set(confirmed) == {0, 1}
     assert chosen.number == 2  # the cheapest not yet shown to fail
+
+
+def test_a_damaged_trial_is_passed_over_and_stays_passed_over():
+    # Trial 1 has the fewest refusals but hurts harmless answers once re-measured.
+    cands = [_cand(0, 0.5, 0.01), _cand(1, 0.0, 0.2), _cand(2, 0.05, 0.1), _cand(3, 0.1, 0.05)]
+
+    def confirm(c):
+        return replace(with_refusal_rate(c, c.refusal_rate, 0.8), damaged=c.number == 1)
+
+    chosen, confirmed = select_confirmed(cands, "min-refusals", confirm, budget=3)
+    assert chosen.number == 2 and set(confirmed) == {1, 2}
+    assert confirmed[1].damaged and not confirmed[2].damaged
+    # a later choice from the recorded figures passes it over too, unless it is named
+    pool = [confirmed.get(c.number, c) for c in cands]
+    assert select(pool, "min-refusals").number == 2
+    assert select(pool, "min-kl-under:0.05").number == 2
+    assert select(pool, "trial:1").number == 1
+    # when every trial is damaged there is still a choice
+    every = [replace(c, damaged=True) for c in cands]
+    assert select(every, "min-refusals").number == 1

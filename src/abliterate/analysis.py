@@ -65,7 +65,7 @@ class Probe:
 def first_token_logits(model, tokenizer, texts: list[str], batch_size: int) -> Tensor:
     out = []
     for _n, enc in encoded_batches(model, tokenizer, texts, batch_size):
-        out.append(model(**enc, use_cache=False).logits[:, -1].float().cpu())
+        out.append(model(**enc, use_cache=False, logits_to_keep=1).logits[:, -1].float().cpu())
     return torch.cat(out)
 
 

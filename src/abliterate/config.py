@@ -448,6 +448,21 @@ class RunSettings(BaseModel):
         "New tokens per answer when a chosen trial is re-measured (0 = twice max_response_length).",
         ge=0,
     )
+    confirm_overrefusal_margin: float = _field(
+        0.03,
+        "run",
+        "A re-measured trial whose over-refusal (every search harmless prompt, answered at the "
+        "re-measuring length) exceeds the base model's by more than this is passed over.",
+        ge=0.0,
+    )
+    confirm_capability_floor: float = _field(
+        0.95,
+        "run",
+        "A re-measured trial that answers fewer capability probes than this fraction of the "
+        "base model's is passed over (0 = not checked).",
+        ge=0.0,
+        le=1.0,
+    )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
     overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")
 

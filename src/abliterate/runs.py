@@ -47,6 +47,8 @@ RUNTIME_KEYS = frozenset(
         "select",
         "confirm_trials",
         "confirm_response_length",
+        "confirm_overrefusal_margin",
+        "confirm_capability_floor",
         "gguf_type",
         "max_shard_size",
         "overwrite",

@@ -120,7 +120,7 @@ class Evaluator:
             return PrefixCheck(0, None, False, "turned off")
         texts = self.harmless_texts + self.harmful_texts
         longest = max(self.settings.max_response_length, self.settings.kl_token_count)
-        # Answers re-measured by `harmful_refusal_rate` may be longer; 4x covers the default.
+        # Answers re-measured by `recheck` may be longer; 4x covers the default.
         return check_prefix(self.model, self.tokenizer, texts, 4 * longest)
 
     def kl(self) -> float:
@@ -150,22 +150,19 @@ class Evaluator:
             own_loop=self.greedy_check.used,
         )
 
-    def harmful_refusal_rate(self, max_new_tokens: int) -> float:
-        """Refusal rate on the harmful prompts with answers `max_new_tokens` long (to re-measure
-        a chosen trial with longer answers than the search used)."""
-        responses = generate(
-            self.model,
-            self.tokenizer,
-            self.harmful_texts,
-            max_new_tokens,
-            self.settings.batch_size,
-            stop_markers=self.settings.markers.refusal,
-            delimiters=self.settings.markers.delimiters,
-            share_prefix=self.share_prefix,
-            own_loop=self.greedy_check.used,
+    def recheck(self, max_new_tokens: int) -> dict[str, float]:
+        """Refusal rate on the harmful prompts and over-refusal on every harmless one (not the
+        search's sample), with answers `max_new_tokens` long, in one pass: a trial re-measured
+        before the choice settles on it (search/choice.py)."""
+        texts = self.harmful_texts + self.harmless_texts
+        answers = self._responses(texts, "recheck", None, max_new_tokens)
+        n = len(self.harmful_texts)
+        obs = Observation(
+            markers=self.settings.markers,
+            harmful_responses=answers[:n],
+            harmless_responses=answers[n:],
         )
-        obs = Observation(markers=self.settings.markers, harmful_responses=responses)
-        return score(obs, ("refusal_rate",))["refusal_rate"]
+        return score(obs, ("refusal_rate", "overrefusal_rate"))
 
     def evaluate(
         self,

@@ -38,9 +38,16 @@ def measured_notes(settings, record: TrialRecord) -> str:
         )
     confirmed = record.confirmed
     if confirmed:
+        damage = ""
+        if confirmed.overrefusal_rate is not None:
+            damage = (
+                f", over-refusal on every search harmless prompt {confirmed.overrefusal_rate:.3f}"
+            )
+        if confirmed.capability is not None:
+            damage += f", capability probes {confirmed.capability:.3f}"
         notes.append(
             f"Before it was chosen, this trial's refusal rate was measured again with "
-            f"{confirmed.response_length}-token answers: {confirmed.refusal_rate:.3f}."
+            f"{confirmed.response_length}-token answers: {confirmed.refusal_rate:.3f}{damage}."
         )
     return "".join(f"\n{n}" for n in notes)
 

@@ -1,9 +1,12 @@
 """Stage 7: choosing a trial from the Pareto front by a policy, re-measuring the picked trials
-with longer answers first (see search/select.py)."""
+first (see search/select.py): with longer answers, and for damage to harmless answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from abliterate.edit.plan import plan
+from abliterate.eval.capability import exact_match_rate, probe_answers
 from abliterate.events import Events
 from abliterate.runs import (
     RunDir,
@@ -12,6 +15,7 @@ from abliterate.search import study as st
 from abliterate.search.record import Confirmation, TrialRecord
 from abliterate.search.select import Candidate, select_confirmed, with_refusal_rate
 from abliterate.search.trials import study_record
+from abliterate.stages.held_out import report_probes
 from abliterate.stages.session import Session
 
 
@@ -41,41 +45,88 @@ def with_confirmations(
     }
 
 
+@dataclass(frozen=True)
+class DamageCheck:
+    """What a re-measured trial is held to: the unedited model's over-refusal (every search
+    harmless prompt, at the re-measuring length) and capability-probe rate, with the margins."""
+
+    overrefusal_rate: float
+    capability: float | None  # None: no probes to check with
+    margin: float
+    floor: float
+
+    def damaged(self, overrefusal_rate: float, capability: float | None) -> bool:
+        worse = overrefusal_rate > self.overrefusal_rate + self.margin + 1e-9
+        if self.capability is None or capability is None or not self.floor:
+            return worse
+        return worse or capability < self.floor * self.capability - 1e-9
+
+
+def probe_rate(session: Session, probes) -> float:
+    """Exact-answer rate of the model as it is now on the capability probes."""
+    ev = session.evaluator
+    assert ev is not None
+    answers = probe_answers(
+        ev.model, ev.tokenizer, probes, ev.settings.batch_size, ev.settings.system_prompt,
+        own_loop=ev.greedy_check.used,
+    )  # fmt: skip
+    return exact_match_rate(answers, [p["answer"] for p in probes])
+
+
 def confirm_choice(
     session: Session, study, cands: list[Candidate], policy: str, events: Events
 ) -> Candidate:
-    """Choose by `policy`, re-measuring the picked trials with longer answers first (see
-    `select_confirmed`); what was re-measured is saved in the run directory and the study."""
+    """Choose by `policy`, re-measuring the picked trials first (see `select_confirmed`): with
+    longer answers, and for damage (over-refusal on every search harmless prompt, capability
+    probes; a damaged trial is passed over). What was re-measured is saved in the run directory
+    and the study."""
     s = session.settings
     evaluator = session.evaluator
     assert evaluator is not None
     length = s.confirm_response_length or 2 * s.max_response_length
+    probes = report_probes(s)
+    check: list[DamageCheck] = []  # the base's figures, measured at the first confirmation
 
     def confirm(c: Candidate) -> Candidate:
+        if not check:
+            base_over = evaluator.recheck(length)["overrefusal_rate"]
+            base_cap = probe_rate(session, probes) if probes else None
+            margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
+            check.append(DamageCheck(base_over, base_cap, margin, floor))
+            cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
+            events.message(f"base model at {length} tokens: over-refusal {base_over:.2f}{cap_text}")
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            rate = evaluator.harmful_refusal_rate(length)
-        again = with_refusal_rate(c, rate, session.base_refusal_rate)
+            got = evaluator.recheck(length)
+            cap = probe_rate(session, probes) if check[0].capability is not None else None
+        again = with_refusal_rate(c, got["refusal_rate"], session.base_refusal_rate)
+        damaged = check[0].damaged(got["overrefusal_rate"], cap)
+        again = replace(again, damaged=damaged)
+        measured[c.number] = (got["overrefusal_rate"], cap)
+        cap_text = "" if cap is None else f", capability {cap:.2f}"
         events.message(
             f"re-measured trial {c.number} with {length}-token answers: refusals "
-            f"{c.refusal_rate:.2f} -> {again.refusal_rate:.2f}"
+            f"{c.refusal_rate:.2f} -> {again.refusal_rate:.2f}, over-refusal "
+            f"{got['overrefusal_rate']:.2f}{cap_text}"
+            + (" (damaged: passed over)" if damaged else "")
         )
         return again
 
+    measured: dict[int, tuple[float, float | None]] = {}
     chosen, confirmed = select_confirmed(cands, policy, confirm, s.confirm_trials)
     if confirmed:
         entries = {
-            str(n): {
-                "refusal_rate": c.refusal_rate,
-                "refusal_score": c.refusal_score,
-                "response_length": length,
-            }
+            str(n): Confirmation(
+                c.refusal_rate, c.refusal_score, length, *measured[n], c.damaged
+            ).to_dict()
             for n, c in confirmed.items()
         }
         session.run_dir.save_confirmed({**session.run_dir.load_confirmed(), **entries})
         st.set_shared(study, "confirmed", {**(st.get_shared(study, "confirmed") or {}), **entries})
     if s.confirm_trials and not policy.startswith("trial:") and chosen.number not in confirmed:
         events.message(f"trial {chosen.number} was not re-measured: confirm_trials spent")
+    if chosen.damaged:
+        events.message(f"every trial left was found damaged; trial {chosen.number} is the choice")
     return chosen
 
 

@@ -46,21 +46,32 @@ class TrialMetrics:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """A chosen trial's refusal rate re-measured with longer answers before the choice."""
+    """A chosen trial re-measured with longer answers before the choice: its refusal rate, and
+    the damage checks (over-refusal on every search harmless prompt, capability probes) that
+    pass over a trial whose edit hurts ordinary answers (`damaged`)."""
 
     refusal_rate: float
     refusal_score: float
     response_length: int
+    overrefusal_rate: float | None = None
+    capability: float | None = None
+    damaged: bool = False
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Confirmation:
+        def optional(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
         return cls(
             float(data["refusal_rate"]),
             float(data["refusal_score"]),
             int(data.get("response_length", 0)),
+            optional("overrefusal_rate"),
+            optional("capability"),
+            bool(data.get("damaged", False)),
         )
 
 

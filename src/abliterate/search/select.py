@@ -22,6 +22,7 @@ class Candidate:
     kl_score: float
     refusal_rate: float
     kl: float
+    damaged: bool = False  # re-measured and found to hurt harmless answers (search/choice.py)
 
     @classmethod
     def from_record(cls, record: TrialRecord) -> Candidate:
@@ -30,7 +31,12 @@ class Candidate:
         cand = cls(record.number, record.refusal_score, record.kl_score, m.refusal_rate, m.kl)
         if again is None:
             return cand
-        return replace(cand, refusal_rate=again.refusal_rate, refusal_score=again.refusal_score)
+        return replace(
+            cand,
+            refusal_rate=again.refusal_rate,
+            refusal_score=again.refusal_score,
+            damaged=again.damaged,
+        )
 
 
 def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:
@@ -76,9 +82,12 @@ POLICIES = ("min-kl-under:R", "min-refusals", "knee", "trial:N")
 def select(cands: Sequence[Candidate], policy: str) -> Candidate:
     """Pick one trial. `min-kl-under:R`: lowest KL among trials with refusal rate <= R (else
     the lowest refusal rate); `min-refusals`: lowest refusal score, then KL; `knee`: the
-    Pareto knee; `trial:N`: trial N."""
+    Pareto knee; `trial:N`: trial N. Trials found damaged when re-measured are passed over
+    unless every trial is (or one is named)."""
     if not cands:
         raise AbliterateError("the study has no finished trials to choose from")
+    if not policy.startswith("trial:"):
+        cands = [c for c in cands if not c.damaged] or list(cands)
     if policy.startswith("min-kl-under:"):
         try:
             bound = float(policy.split(":", 1)[1])
@@ -119,7 +128,8 @@ def select_confirmed(
     have been re-measured. A policy bound such as min-kl-under:0.1 otherwise favours the trial
     whose search figure happened to fall just under the bound (the winner's curse); re-measured
     with longer answers, refusals only go up, so such a trial drops out and the next one is
-    checked. Returns the choice and the re-measured candidates by trial number."""
+    checked. A re-measured trial marked `damaged` drops out the same way (see `select`).
+    Returns the choice and the re-measured candidates by trial number."""
     pool = list(cands)
     confirmed: dict[int, Candidate] = {}
     if policy.startswith("trial:"):
