@@ -124,6 +124,7 @@ def main() -> None:
     harmful, harmless = SHARED / "harmful_train.jsonl", SHARED / "harmless_train.jsonl"
     d, hv = args.directions, args.harmless_val
     run_dir, out = work / "run", work / "out"
+    started = time.time()
     run, run_s = cli(
         ["run", str(model), "--n-trials", str(args.trials),
          "--harmful-prompts", f"{harmful}:train[:{d}]",
@@ -168,6 +169,7 @@ def main() -> None:
         },
         "size_ratio": round(exported.stat().st_size / model.stat().st_size, 3),
         "trial_seconds_median": trial_parts(run_dir),
+        "stage_seconds": stage_seconds(run_dir, out, started),
         "wall_seconds": {
             "fetch": round(fetch_s, 1),
             "run (load, directions, base, trials, export, held-out report)": round(run_s, 1),
@@ -178,13 +180,40 @@ def main() -> None:
         "log": [
             line.strip()
             for line in run.stderr.splitlines()
-            if any(k in line for k in ("shared prefix", "re-measur", "chosen", "warm start"))
+            if any(
+                k in line
+                for k in ("shared prefix", "re-measur", "chosen", "warm start", "base model at")
+            )
         ],
     }
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
     (target / f"real_model-{args.model}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+
+
+def stage_seconds(run_dir: Path, out: Path, started: float) -> dict[str, float]:
+    """Where the run's time went, read from when each stage wrote its file: settings.toml (model
+    loaded), directions.safetensors, base.json, the last trial file, confirmed.json (the choice's
+    re-measurements), the export's model file, held_out.json (the held-out report)."""
+    trials = max((p.stat().st_mtime for p in (run_dir / "trials").glob("*.json")), default=None)
+    confirmed = run_dir / "confirmed.json"
+    marks = [
+        ("load", (run_dir / "settings.toml").stat().st_mtime),
+        ("directions", (run_dir / "directions.safetensors").stat().st_mtime),
+        ("base measurement", (run_dir / "base.json").stat().st_mtime),
+        ("trials", trials),
+        ("choice (re-measuring)", confirmed.stat().st_mtime if confirmed.is_file() else None),
+        ("export", max(p.stat().st_mtime for p in out.glob("*.gguf"))),
+        ("held-out report", (run_dir / "held_out.json").stat().st_mtime),
+    ]
+    out_s, last = {}, started
+    for name, at in marks:
+        if at is None:
+            continue
+        out_s[name] = round(at - last, 1)
+        last = at
+    return out_s
 
 
 if __name__ == "__main__":
