@@ -20,13 +20,19 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.parametrize("share_prefix", [False, True])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_sorted_batches_give_each_prompt_its_own_residuals(family):
+def test_sorted_batches_give_each_prompt_its_own_residuals(family, share_prefix):
     model, tok = tiny.model(family).eval(), tiny.tokenizer()
-    texts = chat_texts(tok, PROMPTS, None)
+    system = "You are a helpful assistant who answers briefly."
+    texts = chat_texts(tok, PROMPTS, system)  # a system prompt: a longer shared prefix
     order = activations.length_order(tok, texts)
     assert order != list(range(len(texts)))  # the sort really reorders these prompts
-    got = activations.collect(model, tok, discover(model), texts, "post", 2, keep_full=True)
+    if share_prefix:  # the prompts do share enough tokens for the prefix layout to be used
+        assert activations._prefix_passes(model, tok, texts, 2) is not None
+    got = activations.collect(
+        model, tok, discover(model), texts, "post", 2, keep_full=True, share_prefix=share_prefix
+    )
     assert got.full is not None and got.full.shape[0] == len(texts)
     for i, text in enumerate(texts):
         # the reference: one prompt alone, no padding, read from output_hidden_states

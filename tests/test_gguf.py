@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import realmodels
 from abliterate.config import load_settings
+from abliterate.directions import orthonormal_rows
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import Directions, EditParams
 from abliterate.errors import AbliterateError
@@ -35,13 +36,21 @@ def smollm() -> Path:
     return realmodels.path("smollm2-135m")
 
 
-def _directions() -> Directions:
+def _directions(k: int = 1) -> Directions:
     g = torch.Generator().manual_seed(0)
     d = torch.nn.functional.normalize(torch.randn(LAYERS, HIDDEN, generator=g), dim=-1)
-    return Directions(per_layer=d, embedding=d[0])
+    if k == 1:
+        return Directions(per_layer=d, embedding=d[0])
+    extra = torch.stack(
+        [
+            orthonormal_rows(torch.cat([v[None], torch.randn(k - 1, HIDDEN, generator=g)]))[1:]
+            for v in d
+        ]
+    )
+    return Directions(per_layer=d, embedding=d[0], extra=extra)
 
 
-def _record(embed: float = 0.0) -> TrialRecord:
+def _record(embed: float = 0.0, extra: float = 0.0) -> TrialRecord:
     params = EditParams(
         scope="per_layer",
         direction_index=None,
@@ -50,14 +59,17 @@ def _record(embed: float = 0.0) -> TrialRecord:
             "mlp_down": Kernel(1.2, 15.0, 0.3, 40.0),
         },
         embed_weight=embed,
+        extra_weight=extra,
     )
     return TrialRecord(3, params, TrialMetrics(refusal_rate=0.1, kl=0.1), 0.1, 0.1)
 
 
-def _export(src: Path, out: Path, kind: str, gguf_type: str = "Q8_0", record=None):
-    components = ["attn_out", "mlp_down", "embed"] if record else ["attn_out", "mlp_down"]
+def _export(src: Path, out: Path, kind: str, gguf_type: str = "Q8_0", record=None, k: int = 1):
+    components = (
+        ["attn_out", "mlp_down", "embed"] if record and not k > 1 else ["attn_out", "mlp_down"]
+    )
     settings = load_settings(model=str(src), gguf_type=gguf_type, components=components)
-    return export_trial(settings, _directions(), record or _record(), out, kind)
+    return export_trial(settings, _directions(k), record or _record(), out, kind)
 
 
 def _read(path: Path):
@@ -95,6 +107,18 @@ def test_gguf_export_equals_merged_export(smollm, tmp_path):
     assert (_logits(base) - _logits(merged)).abs().max() > 1e-2
     for name in ("abliterate.toml", "trial.json", "README.md"):
         assert (result.gguf.parent / name).is_file()
+
+
+def test_multi_direction_gguf_export_equals_merged_export(smollm, tmp_path):
+    # three directions per layer (directions_per_layer = 3), the extra ones at 0.7 strength
+    record = _record(extra=0.7)
+    result = _export(smollm, tmp_path / "out", "merged,gguf", "F32", record, k=3)
+    assert result.gguf_report.edited == 2 * LAYERS and result.gguf_report.kept > 0.9999
+    merged = AutoModelForCausalLM.from_pretrained(result.merged).eval()
+    torch.testing.assert_close(_logits(_read(result.gguf)), _logits(merged), rtol=1e-4, atol=1e-4)
+    single = _export(smollm, tmp_path / "single", "merged", "F32")
+    one = AutoModelForCausalLM.from_pretrained(single.merged).eval()
+    assert (_logits(one) - _logits(merged)).abs().max() > 1e-3  # the extra directions count
 
 
 def test_gguf_export_copies_everything_else_and_keeps_q8_edit(smollm, tmp_path):

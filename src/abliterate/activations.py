@@ -7,15 +7,23 @@ left-padded, so that position is -1 in every row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from abliterate import threads
 from abliterate.directions import winsorize
 from abliterate.eval.generate import encoded_batches
+from abliterate.eval.prefix import (
+    MIN_PREFIX,
+    PrefixCache,
+    common_prefix_length,
+    prefix_batches,
+    token_rows,
+)
 from abliterate.hooks import hooks, layer_input, layer_output
 from abliterate.model.arch import Layout
 
@@ -106,10 +114,12 @@ def collect(
     winsorize_quantile: float = 1.0,
     keep_full: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    share_prefix: bool = False,
 ) -> Residuals:
     """One forward pass per batch; means accumulate in float64 so memory does not grow with the
     number of prompts. `keep_full` also returns every vector (needed for the benign subspace
-    and for plots)."""
+    and for plots). `share_prefix` (checked by the caller, eval/prefix.py): the tokens every
+    prompt starts with (template and system prompt) are computed once, not in every row."""
     n_pos = layout.n_layers + 1
     total = torch.zeros(n_pos, layout.hidden_size, dtype=torch.float64)
     full: list[Tensor] = []
@@ -117,11 +127,10 @@ def collect(
     # Prompts of similar length share a batch: left padding is computed like any token, and
     # prompt sets mix one-line requests with paragraph-long ones.
     order = length_order(tokenizer, texts)
+    ordered = [texts[i] for i in order]
+    passes = _prefix_passes(model, tokenizer, ordered, batch_size) if share_prefix else None
     with hooks(_capture(layout, stream, store)):
-        for n, enc in encoded_batches(model, tokenizer, [texts[i] for i in order], batch_size):
-            # only the hooks' residuals are wanted: the vocabulary projection of one position
-            # is the least the model computes (a quarter of a 0.5 B model's work per token)
-            model(**enc, use_cache=False, logits_to_keep=1)
+        for n in passes or _plain_passes(model, tokenizer, ordered, batch_size):
             vecs = torch.stack([store[p].cpu() for p in range(n_pos)], dim=1)  # (b, L + 1, d)
             vecs = winsorize(vecs, winsorize_quantile)
             total += vecs.double().sum(0)
@@ -135,6 +144,34 @@ def collect(
         vectors = torch.empty_like(sorted_vectors)
         vectors[torch.tensor(order)] = sorted_vectors  # back in the order of `texts`
     return Residuals(mean=total / len(texts), count=len(texts), full=vectors)
+
+
+def _plain_passes(model, tokenizer, texts: list[str], batch_size: int) -> Iterator[int]:
+    """Run each left-padded batch through the model (the hooks read it); yield its size."""
+    for n, enc in encoded_batches(model, tokenizer, texts, batch_size):
+        # only the hooks' residuals are wanted: the vocabulary projection of one position
+        # is the least the model computes (a quarter of a 0.5 B model's work per token)
+        model(**enc, use_cache=False, logits_to_keep=1)
+        yield n
+
+
+def _prefix_passes(model, tokenizer, texts: list[str], batch_size: int) -> Iterator[int] | None:
+    """The same in the shared-prefix layout, or None where the prompts share too little. The
+    prefix's own pass runs here, before the caller's hooks exist, so it is never captured."""
+    rows = token_rows(tokenizer, texts)
+    p = common_prefix_length(rows)
+    if p < MIN_PREFIX:
+        return None
+    cache = PrefixCache(model, rows[0][:p])
+    device = next(model.get_input_embeddings().parameters()).device
+
+    def passes() -> Iterator[int]:
+        for batch in prefix_batches(rows, p, batch_size, tokenizer.pad_token_id, device):
+            threads.recheck()
+            cache.forward(model, batch.input_ids, batch.attention_mask, 1)
+            yield batch.input_ids.shape[0]
+
+    return passes()
 
 
 def length_order(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:

@@ -195,6 +195,16 @@ class DirectionSettings(BaseModel):
         ge=0.0,
         lt=1.0,
     )
+    directions_per_layer: int = _field(
+        1,
+        "directions",
+        "Refusal directions per layer: 1 is the mean difference alone; k > 1 adds k - 1 "
+        "directions from k clusters of the harmful residuals (each cluster's mean minus the "
+        "harmless mean, made orthogonal to the first), edited at a strength the search "
+        "chooses (extra_weight_range).",
+        ge=1,
+        le=16,
+    )
     direction_scope: Literal["search", "global", "per_layer"] = _field(
         "search",
         "directions",
@@ -271,6 +281,12 @@ class SpaceSettings(BaseModel):
     )
     embed_weight_range: tuple[float, float] = _field(
         (0.0, 1.0), "space", "Range of the embedding edit strength (when embed is edited)."
+    )
+    extra_weight_range: tuple[float, float] = _field(
+        (0.0, 1.0),
+        "space",
+        "Range of the strength of the extra directions (directions_per_layer > 1), as a "
+        "fraction of the kernel's strength at each layer.",
     )
 
 

@@ -115,3 +115,65 @@ def winsorize(x: Tensor, quantile: float) -> Tensor:
         return x
     bound = torch.quantile(x.abs().float(), quantile, dim=-1, keepdim=True).to(x.dtype)
     return torch.maximum(torch.minimum(x, bound), -bound)
+
+
+def kmeans(x: Tensor, k: int, seed: int = 0, iterations: int = 25) -> Tensor:
+    """Cluster labels (n,) of the rows of `x` by cosine k-means (k-means++ seeding under `seed`):
+    residual norms vary a lot between prompts, their directions are what groups them."""
+    z = torch.nn.functional.normalize(x.double(), dim=-1)
+    n = z.shape[0]
+    k = min(k, n)
+    gen = torch.Generator().manual_seed(seed)
+    centers = z[torch.randint(n, (1,), generator=gen)]
+    while centers.shape[0] < k:
+        far = (1 - z @ centers.T).min(-1).values.clamp_min(0) + 1e-12
+        centers = torch.cat([centers, z[torch.multinomial(far, 1, generator=gen)]])
+    labels = torch.zeros(n, dtype=torch.long)
+    for _ in range(iterations):
+        labels = (z @ centers.T).argmax(-1)
+        moved = torch.stack(
+            [z[labels == j].mean(0) if (labels == j).any() else centers[j] for j in range(k)]
+        )
+        moved = torch.nn.functional.normalize(moved, dim=-1)
+        if torch.allclose(moved, centers):
+            break
+        centers = moved
+    return labels
+
+
+def cluster_directions(
+    harmful: Tensor, harmless_mean: Tensor, main: Tensor, k: int, seed: int = 0,
+    other: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """Up to k - 1 unit directions (k - 1, d), orthogonal to `main` and to each other, from the
+    refusal directions of k clusters of the harmful residuals (n, d): each cluster's mean minus
+    the harmless mean, largest cluster first, with `main` (and `other`, the harmless mean in
+    projected abliteration) removed. Different kinds of request (weapons, insults, fraud) can
+    be refused along directions the single mean difference only partly covers (several
+    directions: arXiv 2511.08379). Rows that add nothing are zero."""
+    labels = kmeans(harmful, k, seed)
+    sizes = torch.bincount(labels, minlength=k)
+    rows = [
+        harmful[labels == j].double().mean(0) - harmless_mean.double()
+        for j in sizes.argsort(descending=True)
+        if sizes[j] > 0
+    ]
+    found = torch.stack(rows)
+    if other is not None:
+        o = normalize(other.double(), "harmless mean")
+        found = found - (found @ o)[:, None] * o
+    basis = orthonormal_rows(torch.cat([main.double()[None], found]))[1:k]
+    out = torch.zeros(k - 1, harmful.shape[-1], dtype=torch.float32)
+    out[: basis.shape[0]] = basis.float()
+    return out
+
+
+def orthonormal_rows(rows: Tensor, tol: float = 1e-4) -> Tensor:
+    """Gram-Schmidt in order (QR of the transpose, signs fixed so each row keeps the sense of its
+    input); rows that are (numerically) in the span of earlier ones are dropped."""
+    q, r = torch.linalg.qr(rows.T.double())
+    diag = torch.diagonal(r)
+    scale = torch.linalg.vector_norm(rows.double(), dim=-1).clamp_min(1e-30)
+    keep = diag.abs() > tol * scale
+    q = q * torch.sign(diag).where(diag != 0, torch.ones_like(diag))
+    return q.T[keep].to(rows.dtype)

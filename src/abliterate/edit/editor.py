@@ -148,7 +148,7 @@ class WeightEditor:
         # Row normalisation is defined for projections; an embedding's rows are token vectors.
         mode = "none" if w.component == "embed" else self.row_normalization
         u = self.direction(edit, original.device)
-        return factors(original, u, edit.strength, mode, self.full_rank)
+        return factors(original, u, edit.lam, mode, self.full_rank)
 
     def factors(self, edit: WriterEdit) -> tuple[Tensor, Tensor]:
         """LoRA factors (B, A), float32, of one resident writer's edit, in its canonical view."""
@@ -207,7 +207,7 @@ class WeightEditor:
             canonical(w.weight.data, w.out_axis).copy_(original + b @ a)
         if w.bias is not None:
             bias = self._biases[w.name].to(w.bias.device, torch.float32)
-            w.bias.data.copy_(project_bias(bias, self.direction(edit), edit.strength))
+            w.bias.data.copy_(project_bias(bias, self.direction(edit), edit.lam))
 
     @torch.no_grad()
     def _edit_loaded(self, w: Writer, edit: WriterEdit) -> None:
@@ -223,7 +223,7 @@ class WeightEditor:
         set_module_tensor_to_device(w.module, w.attr, loaded.device, value=edited)
         if w.bias is not None:
             u = self.direction(edit, loaded.device)
-            bias = project_bias(w.bias.float(), u, edit.strength).to(w.bias.dtype)
+            bias = project_bias(w.bias.float(), u, edit.lam).to(w.bias.dtype)
             set_module_tensor_to_device(w.module, w.bias_attr, loaded.device, value=bias)
 
     def _unhook(self, w: Writer) -> None:

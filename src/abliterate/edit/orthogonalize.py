@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from abliterate.directions import orthonormal_rows
+
 
 def canonical(weight: Tensor, out_axis: int) -> Tensor:
     """A view of `weight` with the residual axis second to last."""
@@ -32,17 +34,22 @@ def canonical(weight: Tensor, out_axis: int) -> Tensor:
     raise ValueError(f"cannot edit a {weight.ndim}-D weight")
 
 
-def rank1_factors(w: Tensor, u: Tensor, lam: float) -> tuple[Tensor, Tensor]:
-    """B (..., d, 1) and A (..., 1, n) with W' = W + B A for plain orthogonalization."""
-    a = torch.einsum("d,...dn->...n", u, w).unsqueeze(-2)  # (..., 1, n)
-    b = (-lam * u).reshape(-1, 1).expand(*w.shape[:-2], -1, -1)  # (..., d, 1)
+def rank1_factors(w: Tensor, u: Tensor, lam: float | Tensor) -> tuple[Tensor, Tensor]:
+    """B (..., d, k) and A (..., k, n) with W' = W + B A for plain orthogonalization along one
+    unit direction `u` (d,) (k = 1), or along k orthonormal rows `u` (k, d) with a strength
+    each (`lam` a float for all, or a (k,) tensor): W' = W - sum_i lam_i u_i (u_i^T W)."""
+    rows = u.reshape(-1, u.shape[-1])  # (k, d)
+    lams = torch.as_tensor(lam, dtype=w.dtype, device=w.device).reshape(-1).expand(rows.shape[0])
+    a = torch.einsum("kd,...dn->...kn", rows, w)  # (..., k, n)
+    b = (-lams[:, None] * rows).T.expand(*w.shape[:-2], -1, -1)  # (..., d, k)
     return b, a
 
 
 def factors(
-    w: Tensor, u: Tensor, lam: float, row_normalization: str = "none", rank: int = 3
+    w: Tensor, u: Tensor, lam: float | Tensor, row_normalization: str = "none", rank: int = 3
 ) -> tuple[Tensor, Tensor]:
-    """LoRA factors (B, A) of the edit of canonical float32 weight `w` along unit `u`."""
+    """LoRA factors (B, A) of the edit of canonical float32 weight `w` along unit `u` (or the
+    orthonormal rows of `u`, see `rank1_factors`)."""
     if row_normalization == "none":
         return rank1_factors(w, u, lam)
     norms = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # (..., d, 1)
@@ -55,7 +62,7 @@ def factors(
     edited = w_unit + b @ a
     edited = edited / torch.linalg.vector_norm(edited, dim=-1, keepdim=True).clamp_min(1e-30)
     delta = edited * norms - w
-    return low_rank(delta, rank)
+    return low_rank(delta, max(rank, u.reshape(-1, u.shape[-1]).shape[0]))
 
 
 def low_rank(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -77,14 +84,22 @@ def low_rank(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return u[..., :, :r] * root.unsqueeze(-2), root.unsqueeze(-1) * vh[..., :r, :]
 
 
-def project_bias(bias: Tensor, u: Tensor, lam: float) -> Tensor:
-    """b' = b - lam u (u^T b) for a bias of shape (d,) or (experts, d)."""
-    return bias - lam * torch.einsum("...d,d->...", bias, u).unsqueeze(-1) * u
+def project_bias(bias: Tensor, u: Tensor, lam: float | Tensor) -> Tensor:
+    """b' = b - sum_i lam_i u_i (u_i^T b) for a bias of shape (d,) or (experts, d), along one
+    unit direction (d,) or orthonormal rows (k, d)."""
+    rows = u.reshape(-1, u.shape[-1])
+    lams = torch.as_tensor(lam, dtype=bias.dtype, device=bias.device).reshape(-1)
+    coef = torch.einsum("...d,kd->...k", bias, rows.to(bias)) * lams.expand(rows.shape[0])
+    return bias - torch.einsum("...k,kd->...d", coef, rows.to(bias))
 
 
 def effective_direction(v: Tensor, gain: Tensor | None) -> Tensor:
     """The direction to remove from a writer's output so that its residual write has no
     component along `v`: `v` itself, or normalize(g * v) when an elementwise norm with gain g
-    sits between the writer and the residual (Gemma 2/3, OLMo 2)."""
+    sits between the writer and the residual (Gemma 2/3, OLMo 2). For several directions (rows
+    of `v`, orthonormal, the main one first) the rows g * v_i, orthonormalized in order: the
+    first keeps the main direction, the others span the rest."""
     u = v if gain is None else v * gain.to(v)
-    return u / torch.linalg.vector_norm(u)
+    if u.ndim == 1:
+        return u / torch.linalg.vector_norm(u)
+    return orthonormal_rows(u)

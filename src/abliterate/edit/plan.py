@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
-from abliterate.directions import interpolate, remove_subspace
+from abliterate.directions import interpolate, orthonormal_rows, remove_subspace
 from abliterate.edit.kernel import Kernel
 from abliterate.model.arch import Writer
 
@@ -18,11 +19,13 @@ class Directions:
     `per_layer[l]` is the unit direction at decoder layer l for the chosen stream (already
     projected against the harmless mean when that option is on); `benign[l]` an orthonormal
     basis (k, d) to keep the edit out of at layer l, or None; `embedding` the direction at the
-    embedding output."""
+    embedding output; `extra[l]` further unit directions at layer l (several directions per
+    layer, see stages/directions.py), each orthogonal to `per_layer[l]`, or None."""
 
     per_layer: Tensor  # (L, d) float32
     embedding: Tensor  # (d,) float32
     benign: Tensor | None = None  # (L, k, d) float32
+    extra: Tensor | None = None  # (L, m, d) float32
 
     @property
     def n_layers(self) -> int:
@@ -37,6 +40,8 @@ class EditParams:
     kernels: dict[str, Kernel] = field(default_factory=dict)  # component -> kernel
     direction_index: float | None = None  # layer index of the global direction
     embed_weight: float = 0.0
+    # strength of the extra directions (Directions.extra), as a fraction of the kernel's
+    extra_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scope not in ("global", "per_layer"):
@@ -45,12 +50,15 @@ class EditParams:
             raise ValueError("a global scope needs a direction_index")
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "scope": self.scope,
             "direction_index": self.direction_index,
             "embed_weight": self.embed_weight,
             "kernels": {c: vars(k) for c, k in sorted(self.kernels.items())},
         }
+        if self.extra_weight:  # single-direction records stay as they were
+            data["extra_weight"] = self.extra_weight
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> EditParams:
@@ -58,19 +66,32 @@ class EditParams:
             scope=data["scope"],
             direction_index=data.get("direction_index"),
             embed_weight=data.get("embed_weight", 0.0),
+            extra_weight=data.get("extra_weight", 0.0),
             kernels={c: Kernel(**k) for c, k in data.get("kernels", {}).items()},
         )
 
 
 @dataclass(frozen=True)
 class WriterEdit:
+    """One writer's edit: a unit direction (d,) and its strength, or orthonormal rows (k, d),
+    the main direction first with `strength` and the others with `extra_strength`."""
+
     writer: Writer
-    direction: Tensor  # unit vector in residual space, before the writer's output-norm gain
+    direction: Tensor  # in residual space, before the writer's output-norm gain
     strength: float
+    extra_strength: float = 0.0
+
+    @property
+    def lam(self) -> float | Tensor:
+        """The strength of each direction: a float for one, a (k,) tensor for several."""
+        if self.direction.ndim == 1:
+            return self.strength
+        k = self.direction.shape[0]
+        return torch.tensor([self.strength] + [self.extra_strength] * (k - 1))
 
 
 def plan(writers: list[Writer], directions: Directions, params: EditParams) -> list[WriterEdit]:
-    """Every writer with a non-zero strength, with the direction it is edited against."""
+    """Every writer with a non-zero strength, with the direction(s) it is edited against."""
     n = directions.n_layers
     strengths = {c: k.strengths(n) for c, k in params.kernels.items()}
     shared = (
@@ -90,9 +111,28 @@ def plan(writers: list[Writer], directions: Directions, params: EditParams) -> l
                 v = remove_subspace(v, directions.benign[w.layer])
         else:
             continue
-        if lam != 0.0:
+        if lam == 0.0:
+            continue
+        extra = _extra(directions, params, w, v)
+        if extra is None:
             edits.append(WriterEdit(w, v, lam))
+        else:
+            edits.append(WriterEdit(w, extra, lam, lam * params.extra_weight))
     return edits
+
+
+def _extra(directions: Directions, params: EditParams, w: Writer, v: Tensor) -> Tensor | None:
+    """`v` and the extra directions of the writer's layer (of the global direction's nearest
+    layer for a global scope), orthonormalized with `v` first; None when there are none."""
+    if directions.extra is None or not params.extra_weight or w.component == "embed":
+        return None
+    layer = w.layer if params.direction_index is None else round(params.direction_index)
+    rows = directions.extra[layer]
+    if directions.benign is not None:
+        basis = directions.benign[w.layer]
+        rows = rows - (rows @ basis.T) @ basis
+    found = orthonormal_rows(torch.cat([v[None], rows]))
+    return found if found.shape[0] > 1 else None
 
 
 def strength_table(n_layers: int, params: EditParams) -> dict[str, list[float]]:

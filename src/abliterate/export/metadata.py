@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from abliterate.config import redact
 from abliterate.edit.plan import WriterEdit
 from abliterate.runs import settings_dict, to_toml
@@ -13,7 +15,7 @@ from abliterate.search.record import TrialRecord
 
 def direction_record(edits: list[WriterEdit], scope: str) -> dict:
     """The unit directions the edit used: one for a global scope, one per layer otherwise."""
-    rounded = lambda t: [round(float(x), 7) for x in t]  # noqa: E731
+    rounded = lambda t: (torch.round(t.double() * 1e7) / 1e7).tolist()  # noqa: E731  # (k, d) too
     if scope == "global" and edits:
         return {"scope": "global", "vector": rounded(edits[0].direction)}
     per_layer: dict[str, list] = {}

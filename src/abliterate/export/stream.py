@@ -123,8 +123,8 @@ class Resolved:
     """One writer's edit, ready for checkpoint tensors."""
 
     writer: Writer
-    u: Tensor  # effective unit direction, float32 on CPU
-    strength: float
+    u: Tensor  # effective unit direction (d,) or orthonormal rows (k, d), float32 on CPU
+    strength: float | Tensor  # one, or one per row of u
     mode: str  # row normalisation
     rank: int = 3  # of the delta when mode == "full"
     experts_seen: set = field(default_factory=set)
@@ -144,7 +144,7 @@ def resolve(
         gain = gains.get(e.writer.name)
         u = effective_direction(e.direction.float().cpu(), None if gain is None else gain.cpu())
         mode = "none" if e.writer.component == "embed" else row_normalization
-        out[e.writer.name] = Resolved(e.writer, u, e.strength, mode, full_rank)
+        out[e.writer.name] = Resolved(e.writer, u, e.lam, mode, full_rank)
     return out
 
 

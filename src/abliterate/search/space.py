@@ -35,6 +35,8 @@ class SpaceConfig:
     min_weight_range: tuple[float, float] = field_default("min_weight_range")
     direction_index_range: tuple[float, float] = field_default("direction_index_range")
     embed_weight_range: tuple[float, float] = field_default("embed_weight_range")
+    extra_weight_range: tuple[float, float] = field_default("extra_weight_range")
+    directions_per_layer: int = field_default("directions_per_layer")
 
     @classmethod
     def from_settings(cls, settings, n_layers: int, components: tuple[str, ...]) -> SpaceConfig:
@@ -72,11 +74,15 @@ def suggest(trial: optuna.Trial, space: SpaceConfig) -> EditParams:
     embed = 0.0
     if "embed" in space.components:
         embed = trial.suggest_float("embed_weight", *space.embed_weight_range)
+    extra = 0.0
+    if space.directions_per_layer > 1:
+        extra = trial.suggest_float("extra_weight", *space.extra_weight_range)
     return EditParams(
         scope=scope,
         kernels=kernels,
         direction_index=index if scope == "global" else None,
         embed_weight=embed,
+        extra_weight=extra,
     )
 
 
@@ -101,6 +107,8 @@ def warm_starts(space: SpaceConfig, fractions: tuple[float, ...]) -> list[dict[s
             kernel[f"{c}.span"] = space.span_bounds()[1]
     if "embed" in space.components:
         kernel["embed_weight"] = clamp(0.0, space.embed_weight_range)
+    if space.directions_per_layer > 1:  # every direction at the same strength
+        kernel["extra_weight"] = clamp(1.0, space.extra_weight_range)
     starts = []
     for f in fractions:
         params = dict(kernel)

@@ -14,6 +14,7 @@ from abliterate import directions as dirmath
 from abliterate.config import Settings
 from abliterate.edit.plan import Directions
 from abliterate.errors import AbliterateError
+from abliterate.eval import prefix
 from abliterate.events import Events, counter
 from abliterate.model.arch import Layout
 from abliterate.prompts import chat_texts
@@ -79,20 +80,28 @@ def compute_directions(
     bs: int,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Residual means of both sets, refusal directions, benign bases and per-layer statistics."""
+    texts = {
+        key: chat_texts(tokenizer, prompts[key], settings.system_prompt)
+        for key in ("harmful_prompts", "harmless_prompts")
+    }
+    share = False
+    if settings.shared_prefix:  # the same check as the search's, on these prompts
+        found = prefix.check(model, tokenizer, texts["harmful_prompts"], 0)
+        share = found.used and prefix.check(model, tokenizer, texts["harmless_prompts"], 0).used
     residuals = {}
     for key in ("harmful_prompts", "harmless_prompts"):
-        texts = chat_texts(tokenizer, prompts[key], settings.system_prompt)
-        tick = counter(events, f"residuals ({key.split('_')[0]})", len(texts))
+        tick = counter(events, f"residuals ({key.split('_')[0]})", len(texts[key]))
         residuals[key] = activations.collect(
             model,
             tokenizer,
             layout,
-            texts,
+            texts[key],
             settings.residual_stream,
             bs,
             settings.winsorize_quantile,
             keep_full=True,
             on_batch=tick,
+            share_prefix=share,
         )
     return direction_tensors(residuals["harmful_prompts"], residuals["harmless_prompts"], settings)
 
@@ -121,6 +130,8 @@ def direction_tensors(
             )
             bases.append(torch.cat([basis, basis.new_zeros(k - basis.shape[0], basis.shape[1])]))
         tensors["benign"] = torch.stack(bases).float()  # (L, k, d)
+    if settings.directions_per_layer > 1:
+        tensors["extra_directions"] = extra_directions(bad, good, final, lead, settings)
     tensors.update(plot_samples(bad, good))
     meta = {
         "stream": settings.residual_stream,
@@ -132,8 +143,32 @@ def direction_tensors(
         "n_harmless": good.count,
         "positions": "0 = embedding output, l + 1 = decoder layer l",
         "uninformative_positions": lead,
+        "directions_per_layer": settings.directions_per_layer,
     }
     return tensors, meta
+
+
+def extra_directions(
+    bad: activations.Residuals, good: activations.Residuals, final: Tensor, lead: int,
+    settings: Settings,
+) -> Tensor:  # fmt: skip
+    """(L, k - 1, d): at each decoder layer, the directions of k clusters of the harmful
+    residuals beyond the layer's main one (directions.cluster_directions); zero rows where a
+    layer has fewer, or no difference at all (the uninformative leading positions)."""
+    assert bad.full is not None
+    k = settings.directions_per_layer
+    rows = []
+    for pos in range(1, bad.full.shape[1]):
+        if pos < lead:
+            rows.append(torch.zeros(k - 1, bad.full.shape[-1]))
+            continue
+        other = good.mean[pos] if settings.orthogonalize_direction else None
+        rows.append(
+            dirmath.cluster_directions(
+                bad.full[:, pos], good.mean[pos], final[pos], k, settings.seed, other
+            )
+        )
+    return torch.stack(rows)
 
 
 def layer_statistics(
@@ -171,7 +206,13 @@ def plot_samples(
 
 def directions_from_tensors(tensors: dict[str, Tensor]) -> Directions:
     d = tensors["directions"].float()
-    return Directions(per_layer=d[1:], embedding=d[0], benign=tensors.get("benign"))
+    extra = tensors.get("extra_directions")
+    return Directions(
+        per_layer=d[1:],
+        embedding=d[0],
+        benign=tensors.get("benign"),
+        extra=None if extra is None else extra.float(),
+    )
 
 
 def _external_directions(path: str, layout: Layout) -> tuple[dict[str, Tensor], dict]:
