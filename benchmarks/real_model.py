@@ -113,6 +113,13 @@ def main() -> None:
     ap.add_argument("--heldout-tokens", type=int, default=128)
     ap.add_argument("--out", default="benchmarks/results", help="directory for the summary")
     ap.add_argument("--work", default="/tmp/abliterate-real-model", help="scratch directory")
+    ap.add_argument(
+        "--run-arg",
+        action="append",
+        default=[],
+        help="one more argument for `abliterate run` (repeatable), e.g. --run-arg=--foo=1",
+    )
+    ap.add_argument("--tag", help="suffix of the summary's file name (a variant's own file)")
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -135,7 +142,8 @@ def main() -> None:
          "--overrefusal-sample", str(args.overrefusal_sample),
          "--overrefusal-response-length", str(args.overrefusal_tokens),
          "--report-response-length", str(args.heldout_tokens),
-         "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out)],
+         "--run-dir", str(run_dir), "--export", "gguf", "--output", str(out),
+         *args.run_arg],
         args.threads,
     )  # fmt: skip
     run_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
@@ -149,6 +157,7 @@ def main() -> None:
         "model": model.name,
         "threads": args.threads,
         "trials": args.trials,
+        "run_args": args.run_arg,
         "prompts": {
             "directions": f"harmful_train[:{d}] + harmless_train[:{d}]",
             "evaluation": f"harmful_val + harmless_val[:{hv}], split by the run: harmful "
@@ -188,7 +197,8 @@ def main() -> None:
     }
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
-    (target / f"real_model-{args.model}.json").write_text(json.dumps(summary, indent=2))
+    name = f"real_model-{args.model}{'-' + args.tag if args.tag else ''}.json"
+    (target / name).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
