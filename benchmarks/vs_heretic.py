@@ -62,7 +62,7 @@ search sets, like Heretic), `--select min-refusals`, `--confirm-trials 0` and no
 (neither tool chooses or exports within the timed run: Heretic's menu is answered "Exit
 program"); both fronts are exported afterwards, the two tools' exports concurrently, untimed.
 
-Output: a table on stdout and OUT/vs_heretic-MODEL.json (settings, prompt counts, timings,
+Output: a table on stdout and OUT/vs_heretic-MODEL[-TAG].json (settings, prompt counts, timings,
 every front trial with its search and held-out figures, the ceilings and the verdicts). Every
 held-out answer is kept in WORK/measured/*.json; the runs, logs and exports stay in WORK.
 WORK is emptied at the start (only a directory this script made, or an empty one).
@@ -711,6 +711,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--out", default="benchmarks/results", help="directory for the JSON summary")
     ap.add_argument("--work", help="scratch directory (default /tmp/abliterate-vs-heretic-MODEL)")
+    ap.add_argument("--tag", help="suffix of the summary's file name (a variant's own file)")
     args = ap.parse_args(argv)
     kind = "organism" if args.model == "organism" else "real"
     defaults = DEFAULT_COUNTS[kind]
@@ -750,7 +751,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = ceilings(held)
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
-    path = target / f"vs_heretic-{args.model}.json"
+    path = target / f"vs_heretic-{args.model}{'-' + args.tag if args.tag else ''}.json"
     summary = {
         "config": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
