@@ -33,9 +33,12 @@ def capability(
     batch_size: int = 32,
     system_prompt: str | None = None,
     max_new_tokens: int = 24,
+    own_loop: bool = False,
 ) -> float:
     """Exact-match rate of greedy answers to `{"prompt", "answer"}` probes."""
-    answers = probe_answers(model, tokenizer, items, batch_size, system_prompt, max_new_tokens)
+    answers = probe_answers(
+        model, tokenizer, items, batch_size, system_prompt, max_new_tokens, own_loop
+    )
     return exact_match_rate(answers, [i["answer"] for i in items])
 
 

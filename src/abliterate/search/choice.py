@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from abliterate.edit.plan import plan
-from abliterate.eval.capability import exact_match_rate, probe_answers
+from abliterate.eval.capability import capability
 from abliterate.events import Events
 from abliterate.runs import (
     RunDir,
@@ -66,11 +66,10 @@ def probe_rate(session: Session, probes) -> float:
     """Exact-answer rate of the model as it is now on the capability probes."""
     ev = session.evaluator
     assert ev is not None
-    answers = probe_answers(
+    return capability(
         ev.model, ev.tokenizer, probes, ev.settings.batch_size, ev.settings.system_prompt,
         own_loop=ev.greedy_check.used,
     )  # fmt: skip
-    return exact_match_rate(answers, [p["answer"] for p in probes])
 
 
 def confirm_choice(
@@ -86,6 +85,7 @@ def confirm_choice(
     length = s.confirm_response_length or 2 * s.max_response_length
     probes = report_probes(s)
     check: list[DamageCheck] = []  # the base's figures, measured at the first confirmation
+    measured: dict[int, tuple[float, float | None]] = {}  # over-refusal, capability per trial
 
     def confirm(c: Candidate) -> Candidate:
         if not check:
@@ -112,7 +112,6 @@ def confirm_choice(
         )
         return again
 
-    measured: dict[int, tuple[float, float | None]] = {}
     chosen, confirmed = select_confirmed(cands, policy, confirm, s.confirm_trials)
     if confirmed:
         entries = {

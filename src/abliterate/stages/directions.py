@@ -84,10 +84,9 @@ def compute_directions(
         key: chat_texts(tokenizer, prompts[key], settings.system_prompt)
         for key in ("harmful_prompts", "harmless_prompts")
     }
-    share = False
-    if settings.shared_prefix:  # the same check as the search's, on these prompts
-        found = prefix.check(model, tokenizer, texts["harmful_prompts"], 0)
-        share = found.used and prefix.check(model, tokenizer, texts["harmless_prompts"], 0).used
+    # the same check as the search's (does this model compute the prefix layout the same?)
+    both = texts["harmful_prompts"] + texts["harmless_prompts"]
+    share = settings.shared_prefix and prefix.check(model, tokenizer, both, 0).used
     residuals = {}
     for key in ("harmful_prompts", "harmless_prompts"):
         tick = counter(events, f"residuals ({key.split('_')[0]})", len(texts[key]))
