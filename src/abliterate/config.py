@@ -288,6 +288,13 @@ class SpaceSettings(BaseModel):
         "Range of the strength of the extra directions (directions_per_layer > 1), as a "
         "fraction of the kernel's strength at each layer.",
     )
+    projection_range: tuple[float, float] = _field(
+        (0.0, 1.0),
+        "space",
+        "Range of how far the direction is projected off the harmless mean (with "
+        "orthogonalize_direction): 0 = the plain mean difference (Arditi et al.), 1 = projected "
+        "abliteration; [1, 1] keeps the projected direction in every trial.",
+    )
 
 
 class ObjectiveSettings(BaseModel):
@@ -529,6 +536,10 @@ class Settings(
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise ValueError(f"{name} = ({lo}, {hi}): need 0 <= low <= high")
+        for name in ("extra_weight_range", "projection_range"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"{name} = ({lo}, {hi}): need 0 <= low <= high <= 1")
         if any(not 0 <= f <= 1 for f in self.warm_starts):
             raise ValueError(f"warm_starts {self.warm_starts}: depth fractions must be in [0, 1]")
         if self.span_range[1] <= 0:

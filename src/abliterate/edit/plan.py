@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from abliterate.directions import interpolate, orthonormal_rows, remove_subspace
+from abliterate.directions import interpolate, normalize, orthonormal_rows, remove_subspace
 from abliterate.edit.kernel import Kernel
 from abliterate.model.arch import Writer
 
@@ -20,16 +20,32 @@ class Directions:
     projected against the harmless mean when that option is on); `benign[l]` an orthonormal
     basis (k, d) to keep the edit out of at layer l, or None; `embedding` the direction at the
     embedding output; `extra[l]` further unit directions at layer l (several directions per
-    layer, see stages/directions.py), each orthogonal to `per_layer[l]`, or None."""
+    layer, see stages/directions.py), each orthogonal to `per_layer[l]`, or None. `raw` and
+    `raw_embedding` are the plain mean differences before that projection (None where the
+    directions came from elsewhere): a trial's `projection` mixes the two."""
 
     per_layer: Tensor  # (L, d) float32
     embedding: Tensor  # (d,) float32
     benign: Tensor | None = None  # (L, k, d) float32
     extra: Tensor | None = None  # (L, m, d) float32
+    raw: Tensor | None = None  # (L, d) float32
+    raw_embedding: Tensor | None = None  # (d,) float32
 
     @property
     def n_layers(self) -> int:
         return self.per_layer.shape[0]
+
+    def projected(self, amount: float | None) -> tuple[Tensor, Tensor]:
+        """(per-layer, embedding) directions with `amount` of the harmless-mean projection:
+        1 (or None, or no raw directions) = `per_layer` as stored, 0 = the plain mean
+        difference, between = the normalized blend of the two unit directions (which turns
+        from one to the other in the plane they span)."""
+        if amount is None or amount == 1.0 or self.raw is None or self.raw_embedding is None:
+            return self.per_layer, self.embedding
+        return (
+            normalize(torch.lerp(self.raw, self.per_layer, amount), "blended direction"),
+            normalize(torch.lerp(self.raw_embedding, self.embedding, amount), "blended direction"),
+        )
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,9 @@ class EditParams:
     embed_weight: float = 0.0
     # strength of the extra directions (Directions.extra), as a fraction of the kernel's
     extra_weight: float = 0.0
+    # how much of the harmless-mean projection the direction keeps (Directions.projected);
+    # None = the directions as computed
+    projection: float | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in ("global", "per_layer"):
@@ -56,8 +75,11 @@ class EditParams:
             "embed_weight": self.embed_weight,
             "kernels": {c: vars(k) for c, k in sorted(self.kernels.items())},
         }
-        if self.extra_weight:  # single-direction records stay as they were
+        # records of trials without these options stay as they were
+        if self.extra_weight:
             data["extra_weight"] = self.extra_weight
+        if self.projection is not None:
+            data["projection"] = self.projection
         return data
 
     @classmethod
@@ -67,6 +89,7 @@ class EditParams:
             direction_index=data.get("direction_index"),
             embed_weight=data.get("embed_weight", 0.0),
             extra_weight=data.get("extra_weight", 0.0),
+            projection=data.get("projection"),
             kernels={c: Kernel(**k) for c, k in data.get("kernels", {}).items()},
         )
 
@@ -94,8 +117,9 @@ def plan(writers: list[Writer], directions: Directions, params: EditParams) -> l
     """Every writer with a non-zero strength, with the direction(s) it is edited against."""
     n = directions.n_layers
     strengths = {c: k.strengths(n) for c, k in params.kernels.items()}
+    per_layer, embedding = directions.projected(params.projection)
     shared = (
-        interpolate(directions.per_layer, params.direction_index)
+        interpolate(per_layer, params.direction_index)
         if params.direction_index is not None and params.scope == "global"
         else None
     )
@@ -103,10 +127,10 @@ def plan(writers: list[Writer], directions: Directions, params: EditParams) -> l
     for w in writers:
         if w.component == "embed":
             lam = params.embed_weight
-            v = directions.embedding if shared is None else shared
+            v = embedding if shared is None else shared
         elif w.component in strengths:
             lam = float(strengths[w.component][w.layer])
-            v = directions.per_layer[w.layer] if shared is None else shared
+            v = per_layer[w.layer] if shared is None else shared
             if directions.benign is not None:
                 v = remove_subspace(v, directions.benign[w.layer])
         else:

@@ -37,6 +37,15 @@ class SpaceConfig:
     embed_weight_range: tuple[float, float] = field_default("embed_weight_range")
     extra_weight_range: tuple[float, float] = field_default("extra_weight_range")
     directions_per_layer: int = field_default("directions_per_layer")
+    projection_range: tuple[float, float] = field_default("projection_range")
+    orthogonalize_direction: bool = field_default("orthogonalize_direction")
+
+    @property
+    def searches_projection(self) -> bool:
+        """Without the projection there is only the plain direction; a fixed range is no
+        choice either."""
+        lo, hi = self.projection_range
+        return self.orthogonalize_direction and lo < hi
 
     @classmethod
     def from_settings(cls, settings, n_layers: int, components: tuple[str, ...]) -> SpaceConfig:
@@ -77,12 +86,18 @@ def suggest(trial: optuna.Trial, space: SpaceConfig) -> EditParams:
     extra = 0.0
     if space.directions_per_layer > 1:
         extra = trial.suggest_float("extra_weight", *space.extra_weight_range)
+    projection = None
+    if space.searches_projection:
+        projection = trial.suggest_float("projection", *space.projection_range)
+    elif space.orthogonalize_direction and space.projection_range[0] < 1.0:
+        projection = space.projection_range[0]  # a fixed blend, e.g. [0, 0]: the plain one
     return EditParams(
         scope=scope,
         kernels=kernels,
         direction_index=index if scope == "global" else None,
         embed_weight=embed,
         extra_weight=extra,
+        projection=projection,
     )
 
 
@@ -109,6 +124,8 @@ def warm_starts(space: SpaceConfig, fractions: tuple[float, ...]) -> list[dict[s
         kernel["embed_weight"] = clamp(0.0, space.embed_weight_range)
     if space.directions_per_layer > 1:  # every direction at the same strength
         kernel["extra_weight"] = clamp(1.0, space.extra_weight_range)
+    if space.searches_projection:  # Arditi et al. ablate the plain mean difference
+        kernel["projection"] = clamp(0.0, space.projection_range)
     starts = []
     for f in fractions:
         params = dict(kernel)

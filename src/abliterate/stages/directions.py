@@ -206,11 +206,14 @@ def plot_samples(
 def directions_from_tensors(tensors: dict[str, Tensor]) -> Directions:
     d = tensors["directions"].float()
     extra = tensors.get("extra_directions")
+    raw = tensors.get("mean_difference")  # absent from external direction files
     return Directions(
         per_layer=d[1:],
         embedding=d[0],
         benign=tensors.get("benign"),
         extra=None if extra is None else extra.float(),
+        raw=None if raw is None else raw[1:].float(),
+        raw_embedding=None if raw is None else raw[0].float(),
     )
 
 
