@@ -45,12 +45,14 @@ def capability(
 def probe_answers(
     model, tokenizer, items: Sequence[dict[str, str]], batch_size: int = 32,
     system_prompt: str | None = None, max_new_tokens: int = 24, own_loop: bool = False,
+    share_prefix: bool = False,
 ) -> list[str]:  # fmt: skip
-    """Greedy answers to the probes (`own_loop`: see eval/generate.py)."""
+    """Greedy answers to the probes (`own_loop`, `share_prefix`: see eval/generate.py)."""
     texts = chat_texts(tokenizer, [i["prompt"] for i in items], system_prompt)
     return generate(
-        model, tokenizer, texts, max_new_tokens, batch_size, stop_markers=None, own_loop=own_loop
-    )
+        model, tokenizer, texts, max_new_tokens, batch_size, stop_markers=None,
+        own_loop=own_loop, share_prefix=share_prefix,
+    )  # fmt: skip
 
 
 def read_probes(path: str | Path) -> list[dict[str, str]]:

@@ -150,13 +150,20 @@ class Evaluator:
             own_loop=self.greedy_check.used,
         )
 
-    def recheck(self, max_new_tokens: int) -> dict[str, float]:
+    def recheck(self, max_new_tokens: int, harmless_tokens: int | None = None) -> dict[str, float]:
         """Refusal rate on the harmful prompts and over-refusal on every harmless one (not the
-        search's sample), with answers `max_new_tokens` long, in one pass: a trial re-measured
-        before the choice settles on it (search/choice.py)."""
-        texts = self.harmful_texts + self.harmless_texts
-        answers = self._responses(texts, "recheck", None, max_new_tokens)
+        search's sample), with answers `max_new_tokens` long (harmless ones `harmless_tokens`:
+        an over-refusal opens the answer), in one pass where the own loop allows budgets per
+        row: a trial re-measured before the choice settles on it (search/choice.py)."""
         n = len(self.harmful_texts)
+        short = harmless_tokens or max_new_tokens
+        if self.greedy_check.used or short == max_new_tokens:
+            texts = self.harmful_texts + self.harmless_texts
+            budgets = [max_new_tokens] * n + [short] * len(self.harmless_texts)
+            answers = self._responses(texts, "recheck", None, budgets)
+        else:
+            answers = self._responses(self.harmful_texts, "recheck", None, max_new_tokens)
+            answers += self._responses(self.harmless_texts, "recheck", None, short)
         obs = Observation(
             markers=self.settings.markers,
             harmful_responses=answers[:n],

@@ -83,21 +83,26 @@ def confirm_choice(
     evaluator = session.evaluator
     assert evaluator is not None
     length = s.confirm_response_length or 2 * s.max_response_length
+    # harmless answers at the search's length: the refusals an edit brings open the answer
+    short = min(length, s.max_response_length)
     probes = report_probes(s)
     check: list[DamageCheck] = []  # the base's figures, measured at the first confirmation
     measured: dict[int, tuple[float, float | None]] = {}  # over-refusal, capability per trial
 
     def confirm(c: Candidate) -> Candidate:
         if not check:
-            base_over = evaluator.recheck(length)["overrefusal_rate"]
+            base_over = evaluator.recheck(length, short)["overrefusal_rate"]
             base_cap = probe_rate(session, probes) if probes else None
             margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
             check.append(DamageCheck(base_over, base_cap, margin, floor))
             cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
-            events.message(f"base model at {length} tokens: over-refusal {base_over:.2f}{cap_text}")
+            events.message(
+                f"base model at {length} tokens ({short} for harmless prompts): over-refusal "
+                f"{base_over:.2f}{cap_text}"
+            )
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            got = evaluator.recheck(length)
+            got = evaluator.recheck(length, short)
             cap = probe_rate(session, probes) if check[0].capability is not None else None
         again = with_refusal_rate(c, got["refusal_rate"], session.base_refusal_rate)
         damaged = check[0].damaged(got["overrefusal_rate"], cap)

@@ -33,6 +33,7 @@ from abliterate.eval.capability import exact_match, probe_answers, read_probes
 from abliterate.eval.evaluate import EvalSettings
 from abliterate.eval.generate import generate
 from abliterate.eval.judge import LABELS, agreement, judge
+from abliterate.eval.prefix import check as prefix_check
 from abliterate.eval.probes import builtin_probes
 from abliterate.eval.refusal import is_refusal, strip_reasoning
 from abliterate.events import Events
@@ -90,14 +91,14 @@ class ReportTexts:
 
 def labelled_answers(
     model, tokenizer, prompts: list[str], texts: list[str], es: EvalSettings, length: int,
-    tick: Callable[[int], None] | None = None, own_loop: bool = False,
+    tick: Callable[[int], None] | None = None, own_loop: bool = False, share_prefix: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Greedy answers of `length` new tokens, each with its refusal and answer-class labels.
     No early stop on refusal markers: a refusal may be followed by text that changes nothing,
     but the report keeps the whole answer for a reader."""
     responses = generate(
         model, tokenizer, texts, length, es.batch_size, stop_markers=(), on_batch=tick,
-        delimiters=es.markers.delimiters, own_loop=own_loop,
+        delimiters=es.markers.delimiters, own_loop=own_loop, share_prefix=share_prefix,
     )  # fmt: skip
     out = []
     for prompt, response in zip(prompts, responses, strict=True):
@@ -132,11 +133,12 @@ def summary(harmful: list[dict], harmless: list[dict]) -> dict[str, Any]:
 def measure(
     model, tokenizer, report: ReportTexts, es: EvalSettings, length: int,
     references: dict[str, kl_mod.KLReference] | None = None, progress: Progress | None = None,
-    probes: Sequence[dict[str, str]] = (), own_loop: bool = False,
+    probes: Sequence[dict[str, str]] = (), own_loop: bool = False, share_prefix: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Answers, rates, (against `references`, the base model's) KL, and the exact-answer rate on
     capability `probes` of one model. `own_loop`: decode with eval/greedy.py (checked by the
-    caller), where rows that end their turn leave the batch."""
+    caller), where rows that end their turn leave the batch; `share_prefix`: the template's
+    shared prefix computed once per batch (eval/prefix.py, checked by the caller)."""
     done = 0
     total = len(report.harmful) + len(report.harmless)
 
@@ -150,7 +152,7 @@ def measure(
     # 50, and the report's answers are long.
     both = labelled_answers(
         model, tokenizer, report.harmful + report.harmless,
-        report.harmful_texts + report.harmless_texts, es, length, tick, own_loop,
+        report.harmful_texts + report.harmless_texts, es, length, tick, own_loop, share_prefix,
     )  # fmt: skip
     harmful, harmless = both[: len(report.harmful)], both[len(report.harmful) :]
     result = {**summary(harmful, harmless), "response_length": length}
@@ -158,15 +160,21 @@ def measure(
         result[name] = mean_interval(kl_mod.kl_per_prompt(model, ref))
     if probes:
         result["capability"], result["capability_answers"] = probe_report(
-            model, tokenizer, probes, es
+            model, tokenizer, probes, es, own_loop, share_prefix
         )
     result["answers"] = {"harmful": harmful, "harmless": harmless}
     return result
 
 
-def probe_report(model, tokenizer, probes: Sequence[dict[str, str]], es: EvalSettings):
+def probe_report(
+    model, tokenizer, probes: Sequence[dict[str, str]], es: EvalSettings,
+    own_loop: bool = False, share_prefix: bool = False,
+):  # fmt: skip
     """(exact-answer rate with its interval, every probe with its answer)."""
-    responses = probe_answers(model, tokenizer, probes, es.batch_size, es.system_prompt)
+    responses = probe_answers(
+        model, tokenizer, probes, es.batch_size, es.system_prompt,
+        own_loop=own_loop, share_prefix=share_prefix,
+    )  # fmt: skip
     correct = [exact_match(r, p["answer"]) for p, r in zip(probes, responses, strict=True)]
     rows = [
         {**p, "response": r, "correct": c}
@@ -211,14 +219,16 @@ def add_judge(settings, reports: Sequence[dict[str, Any]], say=None) -> None:
         gc.collect()
 
 
-def kl_references(model, tokenizer, report: ReportTexts, batch_size: int) -> dict:
+def kl_references(
+    model, tokenizer, report: ReportTexts, batch_size: int, share_prefix: bool = False
+) -> dict:
     """The base model's log-probabilities on the harmless report prompts (first token, and the
     first MULTI_TOKEN_KL tokens of its own answers)."""
     texts = report.harmless_texts
     return {
-        "kl": kl_mod.reference(model, tokenizer, texts, 1, batch_size),
+        "kl": kl_mod.reference(model, tokenizer, texts, 1, batch_size, share_prefix),
         f"kl_{MULTI_TOKEN_KL}_tokens": kl_mod.reference(
-            model, tokenizer, texts, MULTI_TOKEN_KL, batch_size
+            model, tokenizer, texts, MULTI_TOKEN_KL, batch_size, share_prefix
         ),
     }
 
@@ -345,6 +355,7 @@ class Baseline:
     refs: dict
     base: dict[str, Any]
     own_loop: bool = False  # eval/greedy.py agreed with model.generate on the base model
+    share_prefix: bool = False  # eval/prefix.py agreed with plain batches on the base model
 
     @classmethod
     def of(
@@ -356,14 +367,23 @@ class Baseline:
         when that measured the same prompts and probes at the same length: exports of several
         trials measure the base once."""
         texts = ReportTexts.build(tokenizer, harmful, harmless, es.system_prompt)
-        refs = kl_references(model, tokenizer, texts, es.batch_size)
+        # checked here, at the report's length: the search checked its own, shorter one
+        share = (
+            es.shared_prefix
+            and prefix_check(
+                model, tokenizer, texts.harmless_texts + texts.harmful_texts, length
+            ).used
+        )
+        refs = kl_references(model, tokenizer, texts, es.batch_size, share)
         if own_loop is None:  # not checked yet on this model
             own_loop = es.own_decoding and greedy.check(model, tokenizer, texts.harmful_texts).used
         reusable = saved is not None and _same_report(saved["base"], texts, length, probes)
         base = saved["base"] if saved is not None and reusable else None
         if base is None:
-            base = measure(model, tokenizer, texts, es, length, None, progress, probes, own_loop)
-        return cls(harmful, harmless, es, length, probes, refs, base, own_loop)
+            base = measure(
+                model, tokenizer, texts, es, length, None, progress, probes, own_loop, share
+            )
+        return cls(harmful, harmless, es, length, probes, refs, base, own_loop, share)
 
     def against(self, model, tokenizer, progress: Progress | None = None) -> dict[str, Any]:
         """`model`'s report, its KL taken from the base's references. Its own tokenizer formats
@@ -371,7 +391,7 @@ class Baseline:
         texts = ReportTexts.build(tokenizer, self.harmful, self.harmless, self.es.system_prompt)
         return measure(
             model, tokenizer, texts, self.es, self.length, self.refs, progress, self.probes,
-            self.own_loop,
+            self.own_loop, self.share_prefix,
         )  # fmt: skip
 
 
