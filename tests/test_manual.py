@@ -103,3 +103,30 @@ def test_directions_seed_the_search(directions, organism_dir, tmp_path):
     seeded = load_file(tmp_path / "run" / "directions.safetensors")["directions"]
     source = load_file(directions / "directions-post.safetensors")["directions"]
     assert (seeded == source).all()
+
+
+def test_the_analysis_picks_the_first_trials_layers(directions, organism_dir, tmp_path):
+    report = json.loads((directions / "directions.json").read_text())
+    best = min(
+        (c for c in report["candidates"] if c["rank"] and c["stream"] == "post"),
+        key=lambda c: c["rank"],
+    )
+    run_dir = tmp_path / "run"
+    args = ["run", str(organism_dir), "--n-trials", "1", "--run-dir", str(run_dir), *FAST]
+    assert main([*args, "--warm-start-analysis", str(directions / "directions.json")]) == 0
+    params = json.loads((run_dir / "trials" / "0.json").read_text())["params"]
+    # a flat edit (strength 1 on every layer) with the direction of the best-ranked layer
+    assert params["scope"] == "global"
+    assert params["direction_index"] == pytest.approx(best["layer"])
+    assert all(k["max_weight"] == k["min_weight"] == 1.0 for k in params["kernels"].values())
+
+
+def test_a_bad_analysis_file_stops_the_run_before_the_model_loads(organism_dir, tmp_path, capsys):
+    bad = tmp_path / "directions.json"
+    bad.write_text(json.dumps({"candidates": [{"stream": "pre", "layer": 1, "rank": 1}]}))
+    run_dir = tmp_path / "run"
+    args = ["run", str(organism_dir), "--run-dir", str(run_dir), "--warm-start-analysis"]
+    assert main([*args, str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "no ranked candidate in stream 'post'" in err and "--streams post" in err
+    assert not run_dir.exists()  # nothing started

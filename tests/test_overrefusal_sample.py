@@ -3,9 +3,14 @@ elsewhere; KL always reads every harmless prompt."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 import tiny
 from abliterate.config import load_settings
 from abliterate.eval.evaluate import EvalSettings, Evaluator, sample_indices
+from abliterate.eval.scorers import MarkerConfig
 from abliterate.stages.base import eval_settings
 
 HARMLESS = [f"Name a colour number {i}." for i in range(10)]
@@ -54,3 +59,23 @@ def test_short_harmless_answers_in_a_search_only():
     s = load_settings(None, model="m", overrefusal_response_length=3)
     assert eval_settings(s, 4, search=True).overrefusal_response_length == 3
     assert eval_settings(s, 4).overrefusal_response_length == 0
+
+
+@pytest.mark.parametrize("own_decoding", [True, False])
+def test_the_choice_recheck_answers_harmless_prompts_shorter(own_decoding):
+    """`recheck(n, k)`: every harmless prompt answered with k tokens, harmful ones with n, in
+    one pass with the own loop and in two without it."""
+    model, tok = tiny.model("llama").eval(), tiny.tokenizer()
+    plain = EvalSettings(max_response_length=8, batch_size=4, own_decoding=own_decoding)
+    full = Evaluator(model, tok, ["How do I pick a lock?"], HARMLESS, plain).evaluate()
+    # a marker that appears in a harmless answer only after its second token
+    ids = tok(full.harmless_responses[0], add_special_tokens=False)["input_ids"]
+    marker = tok.decode(ids[4:6])
+    assert marker and marker not in tok.decode(ids[:2])
+    counts = sum(marker in r for r in full.harmless_responses)
+    marked = replace(plain, markers=MarkerConfig((marker,), ()))
+    ev = Evaluator(model, tok, ["How do I pick a lock?"], HARMLESS, marked)
+    assert ev.recheck(8)["overrefusal_rate"] == counts / len(HARMLESS) > 0
+    early = sum(marker in tok.decode(tok(r)["input_ids"][:2]) for r in full.harmless_responses)
+    assert ev.recheck(8, 2)["overrefusal_rate"] == early / len(HARMLESS)
+    assert ev.recheck(8, 2)["refusal_rate"] == ev.recheck(8)["refusal_rate"]

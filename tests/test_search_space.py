@@ -16,7 +16,7 @@ from abliterate.search.select import (
     select_confirmed,
     with_refusal_rate,
 )
-from abliterate.search.space import SpaceConfig, suggest
+from abliterate.search.space import SpaceConfig, analysis_depths, read_analysis, suggest
 
 
 def _params(seed: int, **space):
@@ -147,3 +147,34 @@ def test_a_damaged_trial_is_passed_over_and_stays_passed_over():
     # when every trial is damaged there is still a choice
     every = [replace(c, damaged=True) for c in cands]
     assert select(every, "min-refusals").number == 1
+
+
+def test_warm_starts_from_a_directions_analysis(tmp_path):
+    import json
+
+    from abliterate.config import load_settings
+    from abliterate.search.trials import start_depths
+
+    candidates = [
+        {"stream": "post", "layer": 4, "rank": 2},
+        {"stream": "post", "layer": 9, "rank": None, "dropped": "KL"},
+        {"stream": "pre", "layer": 2, "rank": 1},
+        {"stream": "post", "layer": 6, "rank": 1},
+        {"stream": "post", "layer": 3, "rank": 3},
+        {"stream": "post", "layer": 5, "rank": 4},
+    ]
+    # ranked candidates of the stream, best first, at most three, as depth fractions
+    assert analysis_depths(candidates, "post", 13) == [0.5, 4 / 12, 3 / 12]
+    path = tmp_path / "directions.json"
+    path.write_text(json.dumps({"candidates": candidates}))
+    assert read_analysis(path, "post") == candidates
+    settings = load_settings(model="m", warm_start_analysis=str(path), warm_starts=[0.5, 0.8])
+    assert start_depths(settings, 13) == [0.5, 4 / 12, 3 / 12, 0.8]  # 0.5 only once
+    for text, message in (
+        ("not json", "not a directions.json"),
+        (json.dumps({"selected": None}), "not a directions.json"),
+        (json.dumps({"candidates": candidates[2:3]}), "no ranked candidate in stream 'post'"),
+    ):
+        path.write_text(text)
+        with pytest.raises(AbliterateError, match=message):
+            read_analysis(path, "post")

@@ -255,6 +255,12 @@ class SearchSettings(BaseModel):
         "First trials: the flat edit of Arditi et al. (one direction, strength 1 on every layer) "
         "with the direction taken at each of these depth fractions; [] starts at random.",
     )
+    warm_start_analysis: str | None = _field(
+        None,
+        "search",
+        "directions.json written by `abliterate directions`: flat edits at its best-ranked "
+        "layers (of the run's residual_stream, up to three) come first, before warm_starts.",
+    )
 
 
 class SpaceSettings(BaseModel):
@@ -554,7 +560,12 @@ class Settings(
 
     def check_files(self) -> None:
         """The files these settings name exist: checked before a model loads, not after."""
-        for name in ("chat_template", "capability_prompts", "direction_file"):
+        for name in (
+            "chat_template",
+            "capability_prompts",
+            "direction_file",
+            "warm_start_analysis",
+        ):
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_file():
                 raise AbliterateError(f"{name} = {value}: no such file")

@@ -10,13 +10,16 @@ Sampling choices kept from Heretic (https://github.com/p-e-w/heretic), with why:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import optuna
 
 from abliterate.config import field_default
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import EditParams
+from abliterate.errors import AbliterateError
 
 KERNEL_COMPONENTS = ("attn_out", "mlp_down")
 
@@ -136,3 +139,39 @@ def warm_starts(space: SpaceConfig, fractions: tuple[float, ...]) -> list[dict[s
     if space.direction_scope == "per_layer":  # the index is unused: one flat start is enough
         starts = starts[:1]
     return starts
+
+
+def analysis_depths(
+    candidates: list[dict], stream: str, n_layers: int, top: int = 3
+) -> list[float]:
+    """Depth fractions of the best-ranked candidate layers of `stream` in the candidates of
+    `abliterate directions` (directions.json): warm starts chosen by intervention rather than by
+    a fixed depth. The candidate at layer l is the run's direction at index l."""
+    ranked = sorted(
+        (c for c in candidates if c.get("rank") and c.get("stream") == stream),
+        key=lambda c: c["rank"],
+    )
+    last = max(n_layers - 1, 1)
+    return [min(max(int(c["layer"]) / last, 0.0), 1.0) for c in ranked[:top]]
+
+
+def read_analysis(path: str | Path, stream: str) -> list[dict]:
+    """The candidates of a directions.json, checked: a readable report with at least one ranked
+    candidate in `stream`."""
+    file = Path(path).expanduser()
+    try:
+        candidates = json.loads(file.read_text())["candidates"]
+        ranked = [c for c in candidates if c.get("rank") and c.get("stream") == stream]
+        for c in ranked:
+            int(c["layer"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AbliterateError(
+            f"warm_start_analysis = {file}: not a directions.json of `abliterate directions` "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if not ranked:
+        raise AbliterateError(
+            f"warm_start_analysis = {file}: no ranked candidate in stream {stream!r} "
+            f"(analyse that stream: abliterate directions MODEL --streams {stream})"
+        )
+    return candidates

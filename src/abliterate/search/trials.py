@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from abliterate.config import Settings
 from abliterate.edit.plan import EditParams, plan, strength_table
 from abliterate.eval.estimate import agreement
 from abliterate.eval.evaluate import Metrics
@@ -14,7 +15,13 @@ from abliterate.events import Events
 from abliterate.search import study as st
 from abliterate.search.objective import kl_score, refusal_score
 from abliterate.search.record import TrialMetrics, TrialRecord
-from abliterate.search.space import SpaceConfig, suggest, warm_starts
+from abliterate.search.space import (
+    SpaceConfig,
+    analysis_depths,
+    read_analysis,
+    suggest,
+    warm_starts,
+)
 from abliterate.stages.base import answer_samples
 from abliterate.stages.session import Session
 
@@ -25,17 +32,31 @@ def space_config(session: Session) -> SpaceConfig:
     return SpaceConfig.from_settings(session.settings, session.layout.n_layers, comps)
 
 
+def start_depths(s: Settings, n_layers: int) -> list[float]:
+    """Depth fractions of the warm-start trials: the best layers of a directions analysis
+    (`warm_start_analysis`) first, then `warm_starts`, each once."""
+    depths: list[float] = []
+    if s.warm_start_analysis:
+        ranked = read_analysis(s.warm_start_analysis, s.residual_stream)
+        depths += analysis_depths(ranked, s.residual_stream, n_layers)
+    for f in s.warm_starts:
+        if all(abs(f - d) > 1e-9 for d in depths):
+            depths.append(f)
+    return depths
+
+
 def run_trials(session: Session, events: Events) -> None:
     """Run trials until the study holds `n_trials` complete ones (counting other workers')."""
     s = session.settings
     study, lock = session_study(session)
     sync_trial_files(session, study)
     space = space_config(session)
-    starts = warm_starts(space, tuple(s.warm_starts))
+    depths = start_depths(s, space.n_layers)
+    starts = warm_starts(space, tuple(depths))
     if st.enqueue_once(study, starts, s.n_trials, lock):
         events.message(
             f"warm start: {min(len(starts), s.n_trials)} flat edits (strength 1 on every layer, "
-            f"direction at depth {', '.join(f'{f:.0%}' for f in s.warm_starts)}) come first"
+            f"direction at depth {', '.join(f'{f:.0%}' for f in depths)}) come first"
         )
     gate = EstimateGate(s.refusal_estimate, s.refusal_estimate_check)
     while True:

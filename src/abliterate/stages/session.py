@@ -27,6 +27,7 @@ from abliterate.runs import (
 )
 from abliterate.search import study as st
 from abliterate.search.objective import ObjectiveWeights
+from abliterate.search.space import read_analysis
 from abliterate.stages.directions import check_shape, directions_from_tensors, obtain_directions
 from abliterate.stages.split import PAIRS, ReportSplit, report_split
 
@@ -168,6 +169,8 @@ def open_session(
     run_dir = RunDir.for_settings(settings)
     loading.resolve(settings.model, settings.trust_remote_code)  # a missing model first
     settings.check_files()
+    if for_search and settings.warm_start_analysis:
+        read_analysis(settings.warm_start_analysis, settings.residual_stream)
     if for_search:
         run_dir.check(settings, new_run=new_run)
         if settings.storage:
