@@ -114,10 +114,14 @@ def test_the_analysis_picks_the_first_trials_layers(directions, organism_dir, tm
     run_dir = tmp_path / "run"
     args = ["run", str(organism_dir), "--n-trials", "1", "--run-dir", str(run_dir), *FAST]
     assert main([*args, "--warm-start-analysis", str(directions / "directions.json")]) == 0
-    params = json.loads((run_dir / "trials" / "0.json").read_text())["params"]
-    # a flat edit (strength 1 on every layer) with the direction of the best-ranked layer
+    record = json.loads((run_dir / "trials" / "0.json").read_text())
+    params = record["params"]
+    # a flat edit (strength 1 on every layer) with the direction of the best-ranked layer,
+    # kept inside the searched index range (direction_index_range 0.3 .. 0.9 of the depth)
+    last = len(record["strengths"]["attn_out"]) - 1
+    expected = min(max(best["layer"], 0.3 * last), 0.9 * last)
     assert params["scope"] == "global"
-    assert params["direction_index"] == pytest.approx(best["layer"])
+    assert params["direction_index"] == pytest.approx(expected)
     assert all(k["max_weight"] == k["min_weight"] == 1.0 for k in params["kernels"].values())
 
 

@@ -79,3 +79,34 @@ def test_the_choice_recheck_answers_harmless_prompts_shorter(own_decoding):
     early = sum(marker in tok.decode(tok(r)["input_ids"][:2]) for r in full.harmless_responses)
     assert ev.recheck(8, 2)["overrefusal_rate"] == early / len(HARMLESS)
     assert ev.recheck(8, 2)["refusal_rate"] == ev.recheck(8)["refusal_rate"]
+    # extra harmless texts count with the search's, each at its own length
+    again = ev.recheck(8, 8, ev.harmless_texts, 2)["overrefusal_rate"]
+    assert again == (counts + early) / (2 * len(HARMLESS))
+
+
+def test_the_damage_check_samples_harmless_direction_prompts_the_choice_has_not_seen():
+    from abliterate.search.choice import damage_prompts
+    from abliterate.stages.session import Session
+
+    tok = tiny.tokenizer()
+    pool = [f"Name a fruit number {i}." for i in range(40)]
+    prompts = {
+        "harmless_prompts": pool + HARMLESS,
+        "harmless_eval_prompts": HARMLESS[:5],
+        "harmless_report_prompts": HARMLESS[5:] + pool[:3],
+    }
+
+    def picked(**kw) -> list[str]:
+        settings = load_settings(None, model="m", **kw)
+        # only the settings, the prompt sets and the tokenizer are read
+        session = Session(settings, None, None, tok, None, None, None, prompts)  # type: ignore[arg-type]
+        return damage_prompts(session)
+
+    texts = picked(confirm_harmless_sample=10)
+    assert len(texts) == 10 and texts == picked(confirm_harmless_sample=10)  # seeded
+    assert texts != picked(confirm_harmless_sample=10, seed=1)
+    # neither the search's nor the report's harmless prompts, and all of the rest when fewer
+    everything = picked(confirm_harmless_sample=100)
+    assert len(everything) == 37
+    assert not any(p in t for t in everything for p in HARMLESS + pool[:3])
+    assert picked(confirm_harmless_sample=0) == []

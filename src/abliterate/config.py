@@ -492,6 +492,15 @@ class RunSettings(BaseModel):
         ge=0.0,
         le=1.0,
     )
+    confirm_harmless_sample: int = _field(
+        64,
+        "run",
+        "Harmless prompts of the direction set (a seeded sample, none of the report's) that the "
+        "damage check also answers, with 12 tokens: an edit can make a model refuse one kind of "
+        "harmless request (short factual lists, on Qwen2.5 0.5B), which the search's few harmless "
+        "prompts may not hold (0 = only those).",
+        ge=0,
+    )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")
     overwrite: bool = _field(False, "run", "Replace a non-empty output directory.")
 

@@ -49,6 +49,7 @@ RUNTIME_KEYS = frozenset(
         "confirm_response_length",
         "confirm_overrefusal_margin",
         "confirm_capability_floor",
+        "confirm_harmless_sample",
         "gguf_type",
         "max_shard_size",
         "overwrite",

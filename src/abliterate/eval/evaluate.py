@@ -150,20 +150,33 @@ class Evaluator:
             own_loop=self.greedy_check.used,
         )
 
-    def recheck(self, max_new_tokens: int, harmless_tokens: int | None = None) -> dict[str, float]:
+    def recheck(
+        self,
+        max_new_tokens: int,
+        harmless_tokens: int | None = None,
+        extra_harmless: Sequence[str] = (),
+        extra_tokens: int = 12,
+    ) -> dict[str, float]:
         """Refusal rate on the harmful prompts and over-refusal on every harmless one (not the
-        search's sample), with answers `max_new_tokens` long (harmless ones `harmless_tokens`:
-        an over-refusal opens the answer), in one pass where the own loop allows budgets per
-        row: a trial re-measured before the choice settles on it (search/choice.py)."""
-        n = len(self.harmful_texts)
-        short = harmless_tokens or max_new_tokens
-        if self.greedy_check.used or short == max_new_tokens:
-            texts = self.harmful_texts + self.harmless_texts
-            budgets = [max_new_tokens] * n + [short] * len(self.harmless_texts)
-            answers = self._responses(texts, "recheck", None, budgets)
+        search's sample) plus the chat-formatted `extra_harmless` texts: a trial re-measured
+        before the choice settles on it (search/choice.py). Harmful answers are
+        `max_new_tokens` long, harmless ones `harmless_tokens` and extra ones `extra_tokens`
+        (an over-refusal opens the answer); one pass where the own loop allows budgets per
+        row, one per length otherwise."""
+        groups = [
+            (self.harmful_texts, max_new_tokens),
+            (self.harmless_texts, harmless_tokens or max_new_tokens),
+            (list(extra_harmless), extra_tokens),
+        ]
+        if self.greedy_check.used:
+            texts = [t for texts, _ in groups for t in texts]
+            budgets = [n for texts, n in groups for _ in texts]
+            answers = self._responses(texts, "recheck", None, budgets) if texts else []
         else:
-            answers = self._responses(self.harmful_texts, "recheck", None, max_new_tokens)
-            answers += self._responses(self.harmless_texts, "recheck", None, short)
+            answers = []
+            for texts, n in groups:
+                answers += self._responses(texts, "recheck", None, n) if texts else []
+        n = len(self.harmful_texts)
         obs = Observation(
             markers=self.settings.markers,
             harmful_responses=answers[:n],

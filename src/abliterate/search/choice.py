@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 from abliterate.edit.plan import plan
 from abliterate.eval.capability import capability
+from abliterate.eval.evaluate import sample_indices
 from abliterate.events import Events
+from abliterate.prompts import chat_texts
 from abliterate.runs import (
     RunDir,
 )
@@ -15,7 +17,7 @@ from abliterate.search import study as st
 from abliterate.search.record import Confirmation, TrialRecord
 from abliterate.search.select import Candidate, select_confirmed, with_refusal_rate
 from abliterate.search.trials import study_record
-from abliterate.stages.held_out import report_probes
+from abliterate.stages.held_out import HARMLESS_REPORT, report_probes
 from abliterate.stages.session import Session
 
 
@@ -72,6 +74,20 @@ def probe_rate(session: Session, probes) -> float:
     )  # fmt: skip
 
 
+def damage_prompts(session: Session) -> list[str]:
+    """Chat texts of the damage check's extra harmless prompts: a seeded sample of the
+    direction set, leaving out the search's and the report's harmless prompts."""
+    s = session.settings
+    if not s.confirm_harmless_sample:
+        return []
+    taken = set(session.prompts.get("harmless_eval_prompts", ()))
+    taken |= set(session.prompts.get(HARMLESS_REPORT, ()))
+    source = session.prompts.get("harmless_prompts", ())
+    pool = list(dict.fromkeys(p for p in source if p not in taken))
+    picked = [pool[i] for i in sample_indices(len(pool), s.confirm_harmless_sample, s.seed)]
+    return chat_texts(session.tokenizer, picked, s.system_prompt)
+
+
 def confirm_choice(
     session: Session, study, cands: list[Candidate], policy: str, events: Events
 ) -> Candidate:
@@ -85,24 +101,25 @@ def confirm_choice(
     length = s.confirm_response_length or 2 * s.max_response_length
     # harmless answers at the search's length: the refusals an edit brings open the answer
     short = min(length, s.max_response_length)
+    extra = damage_prompts(session)
     probes = report_probes(s)
     check: list[DamageCheck] = []  # the base's figures, measured at the first confirmation
     measured: dict[int, tuple[float, float | None]] = {}  # over-refusal, capability per trial
 
     def confirm(c: Candidate) -> Candidate:
         if not check:
-            base_over = evaluator.recheck(length, short)["overrefusal_rate"]
+            base_over = evaluator.recheck(length, short, extra)["overrefusal_rate"]
             base_cap = probe_rate(session, probes) if probes else None
             margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
             check.append(DamageCheck(base_over, base_cap, margin, floor))
             cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
             events.message(
-                f"base model at {length} tokens ({short} for harmless prompts): over-refusal "
-                f"{base_over:.2f}{cap_text}"
+                f"base model at {length} tokens ({short} for harmless prompts, and 12 for "
+                f"{len(extra)} more of the direction set): over-refusal {base_over:.2f}{cap_text}"
             )
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            got = evaluator.recheck(length, short)
+            got = evaluator.recheck(length, short, extra)
             cap = probe_rate(session, probes) if check[0].capability is not None else None
         again = with_refusal_rate(c, got["refusal_rate"], session.base_refusal_rate)
         damaged = check[0].damaged(got["overrefusal_rate"], cap)
