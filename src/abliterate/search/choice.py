@@ -74,6 +74,11 @@ def probe_rate(session: Session, probes) -> float:
     )  # fmt: skip
 
 
+# Tokens answered to each extra harmless prompt of the damage check: the stock refusals ("I'm
+# sorry, but I can't ...", "As an AI language model ...") open the answer.
+OPENING_TOKENS = 12
+
+
 def damage_prompts(session: Session) -> list[str]:
     """Chat texts of the damage check's extra harmless prompts: a seeded sample of the
     direction set, leaving out the search's and the report's harmless prompts."""
@@ -108,18 +113,19 @@ def confirm_choice(
 
     def confirm(c: Candidate) -> Candidate:
         if not check:
-            base_over = evaluator.recheck(length, short, extra)["overrefusal_rate"]
+            base_over = evaluator.recheck(length, short, extra, OPENING_TOKENS)["overrefusal_rate"]
             base_cap = probe_rate(session, probes) if probes else None
             margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
             check.append(DamageCheck(base_over, base_cap, margin, floor))
             cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
             events.message(
-                f"base model at {length} tokens ({short} for harmless prompts, and 12 for "
-                f"{len(extra)} more of the direction set): over-refusal {base_over:.2f}{cap_text}"
+                f"base model at {length} tokens ({short} for harmless prompts, {OPENING_TOKENS} "
+                f"for {len(extra)} more of the direction set): over-refusal "
+                f"{base_over:.2f}{cap_text}"
             )
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            got = evaluator.recheck(length, short, extra)
+            got = evaluator.recheck(length, short, extra, OPENING_TOKENS)
             cap = probe_rate(session, probes) if check[0].capability is not None else None
         again = with_refusal_rate(c, got["refusal_rate"], session.base_refusal_rate)
         damaged = check[0].damaged(got["overrefusal_rate"], cap)
