@@ -93,6 +93,35 @@ def damage_prompts(session: Session) -> list[str]:
     return chat_texts(session.tokenizer, picked, s.system_prompt)
 
 
+def remeasure(
+    session: Session, length: int, short: int, extra: list[str], probes
+) -> tuple[dict[str, float], float | None]:
+    """Refusal and over-refusal (`Evaluator.recheck`: harmful answers `length` long, harmless
+    ones `short`, the `extra` harmless texts OPENING_TOKENS) and the capability-probe rate
+    (None without probes) of the model as it is now."""
+    evaluator = session.evaluator
+    assert evaluator is not None
+    got = evaluator.recheck(length, short, extra, OPENING_TOKENS)
+    return got, probe_rate(session, probes) if probes else None
+
+
+def base_check(
+    session: Session, length: int, short: int, extra: list[str], probes, events: Events
+) -> DamageCheck:
+    """The unedited model's figures that re-measured trials are held to, measured the same way
+    (`remeasure`), with the settings' margins."""
+    s = session.settings
+    base, base_cap = remeasure(session, length, short, extra, probes)
+    base_over = base["overrefusal_rate"]
+    cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
+    events.message(
+        f"base model at {length} tokens ({short} for harmless prompts, {OPENING_TOKENS} "
+        f"for {len(extra)} more of the direction set): over-refusal {base_over:.2f}{cap_text}"
+    )
+    margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
+    return DamageCheck(base_over, base_cap, margin, floor)
+
+
 def confirm_choice(
     session: Session, study, cands: list[Candidate], policy: str, events: Events
 ) -> Candidate:
@@ -101,8 +130,6 @@ def confirm_choice(
     probes; a damaged trial is passed over). What was re-measured is saved in the run directory
     and the study."""
     s = session.settings
-    evaluator = session.evaluator
-    assert evaluator is not None
     length = s.confirm_response_length or 2 * s.max_response_length
     # harmless answers at the search's length: the refusals an edit brings open the answer
     short = min(length, s.max_response_length)
@@ -113,20 +140,12 @@ def confirm_choice(
 
     def confirm(c: Candidate) -> Candidate:
         if not check:
-            base_over = evaluator.recheck(length, short, extra, OPENING_TOKENS)["overrefusal_rate"]
-            base_cap = probe_rate(session, probes) if probes else None
-            margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
-            check.append(DamageCheck(base_over, base_cap, margin, floor))
-            cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
-            events.message(
-                f"base model at {length} tokens ({short} for harmless prompts, {OPENING_TOKENS} "
-                f"for {len(extra)} more of the direction set): over-refusal "
-                f"{base_over:.2f}{cap_text}"
-            )
+            check.append(base_check(session, length, short, extra, probes, events))
         params = session.run_dir.load_trial(c.number).params
         with session.editor.applied(plan(session.layout.writers, session.directions, params)):
-            got = evaluator.recheck(length, short, extra, OPENING_TOKENS)
-            cap = probe_rate(session, probes) if check[0].capability is not None else None
+            got, cap = remeasure(
+                session, length, short, extra, probes if check[0].capability is not None else ()
+            )
         again = with_refusal_rate(c, got["refusal_rate"], session.base_refusal_rate)
         damaged = check[0].damaged(got["overrefusal_rate"], cap)
         again = replace(again, damaged=damaged)
