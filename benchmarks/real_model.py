@@ -166,7 +166,7 @@ def main() -> None:
             f"{len(split['report']['harmless_report_prompts'])} report",
             "search": f"harmful answers {args.search_tokens} tokens; KL on every search "
             f"harmless prompt, {args.overrefusal_sample} of them answered with "
-            f"{args.overrefusal_tokens} tokens",
+            f"{args.overrefusal_tokens} tokens, the others judged by their refusal opening",
             "held_out": f"the report halves, {args.heldout_tokens}-token answers",
         },
         "chosen_trial": trial["number"],

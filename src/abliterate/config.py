@@ -400,6 +400,15 @@ class EvaluationSettings(BaseModel):
         "chosen trial's figures use full-length answers.",
         ge=0,
     )
+    overrefusal_openings: bool = _field(
+        True,
+        "evaluation",
+        "Judge the harmless prompts a search trial does not answer (outside overrefusal_sample) "
+        "by their opening: whether the greedy answer would start the way the base model's "
+        "refusals did ('I'm sorry', 'As an AI'), from one short teacher-forced pass after the "
+        "KL pass. Checked against the base model's generated answers first, and left off where "
+        "the two disagree.",
+    )
     shared_prefix: bool = _field(
         True,
         "evaluation",
@@ -478,10 +487,11 @@ class RunSettings(BaseModel):
         ge=0,
     )
     confirm_overrefusal_margin: float = _field(
-        0.03,
+        0.02,
         "run",
         "A re-measured trial whose over-refusal (every search harmless prompt, answered at the "
-        "re-measuring length) exceeds the base model's by more than this is passed over.",
+        "re-measuring length, and the confirm_harmless_sample prompts) exceeds the base model's "
+        "by more than this is passed over.",
         ge=0.0,
     )
     confirm_capability_floor: float = _field(
@@ -493,12 +503,13 @@ class RunSettings(BaseModel):
         le=1.0,
     )
     confirm_harmless_sample: int = _field(
-        64,
+        128,
         "run",
         "Harmless prompts of the direction set (a seeded sample, none of the report's) that the "
-        "damage check also answers, with 12 tokens: an edit can make a model refuse one kind of "
-        "harmless request (short factual lists, on Qwen2.5 0.5B), which the search's few harmless "
-        "prompts may not hold (0 = only those).",
+        "damage check also reads: judged by their opening where the search's refusal openings "
+        "are on (overrefusal_openings), else answered with 12 tokens. An edit can make a model "
+        "refuse one kind of harmless request (short factual lists, on Qwen2.5 0.5B), which the "
+        "search's few harmless prompts may not hold (0 = only those).",
         ge=0,
     )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from abliterate.config import field_default
 from abliterate.eval import greedy
 from abliterate.eval import kl as kl_mod
+from abliterate.eval import openings as op
 from abliterate.eval.estimate import RefusalEstimate
 from abliterate.eval.generate import generate
 from abliterate.eval.prefix import PrefixCheck
@@ -38,6 +39,8 @@ class EvalSettings:
     # Outside a search every harmless prompt is answered in full; see stages/base.eval_settings.
     overrefusal_sample: int = 0  # harmless prompts answered per evaluation; 0 = all
     overrefusal_response_length: int = 0  # new tokens per harmless answer; 0 = max_response_length
+    # the other harmless prompts judged by their opening (eval/openings.py; enable_openings)
+    overrefusal_openings: bool = field_default("overrefusal_openings")
     sample_seed: int = field_default("seed")
     shared_prefix: bool = field_default("shared_prefix")  # where the model agrees (prefix.py)
     own_decoding: bool = field_default("own_decoding")  # where the model agrees (greedy.py)
@@ -96,6 +99,9 @@ class Evaluator:
         # Over-refusal is answered on this sample only; KL always reads every harmless prompt.
         self.overrefusal_prompts = [self.harmless_prompts[i] for i in keep]
         self.overrefusal_texts = [self.harmless_texts[i] for i in keep]
+        self.unanswered = sorted(set(range(len(self.harmless_prompts))) - set(keep))
+        self.openings: list[op.Opening] = []  # set by enable_openings
+        self._batched: dict[tuple[str, ...], kl_mod.KLReference] = {}  # for `opened`
         self.needs = needed(settings.scorers)
         self.estimator: RefusalEstimate | None = None
         # Checked and computed on the model as it is now: build the evaluator before any edit.
@@ -125,6 +131,17 @@ class Evaluator:
 
     def kl(self) -> float:
         return kl_mod.kl_divergence(self.model, self.reference)
+
+    def _kl_pass(self) -> tuple[float | None, list[bool] | None]:
+        """KL of the model as it is now and, with openings enabled, whether each harmless
+        prompt outside the over-refusal sample would be answered with a refusal opening."""
+        if "kl" not in self.needs:
+            return None, None
+        per_prompt, first = kl_mod.kl_and_first_tokens(self.model, self.reference)
+        if not (self.openings and self.unanswered and "harmless_responses" in self.needs):
+            return per_prompt.mean().item(), None
+        found = op.hits(self.model, self.reference, first, self.openings)
+        return per_prompt.mean().item(), [found[i] for i in self.unanswered]
 
     def _responses(
         self, texts: list[str], stage: str, progress: Progress | None, length: int | list[int]
@@ -161,13 +178,15 @@ class Evaluator:
         search's sample) plus the chat-formatted `extra_harmless` texts: a trial re-measured
         before the choice settles on it (search/choice.py). Harmful answers are
         `max_new_tokens` long, harmless ones `harmless_tokens` and extra ones `extra_tokens`
-        (an over-refusal opens the answer); one pass where the own loop allows budgets per
-        row, one per length otherwise."""
+        (an over-refusal opens the answer), or, with openings enabled, the extra ones are
+        judged by their opening without generating; one pass where the own loop allows
+        budgets per row, one per length otherwise."""
         groups = [
             (self.harmful_texts, max_new_tokens),
             (self.harmless_texts, harmless_tokens or max_new_tokens),
-            (list(extra_harmless), extra_tokens),
         ]
+        if not self.openings:
+            groups.append((list(extra_harmless), extra_tokens))
         if self.greedy_check.used:
             texts = [t for texts, _ in groups for t in texts]
             budgets = [n for texts, n in groups for _ in texts]
@@ -181,8 +200,26 @@ class Evaluator:
             markers=self.settings.markers,
             harmful_responses=answers[:n],
             harmless_responses=answers[n:],
+            opening_refusals=self.opened(extra_harmless) if self.openings else None,
         )
         return score(obs, ("refusal_rate", "overrefusal_rate"))
+
+    def opened(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the model as it is now would open its answer to each chat text with one of
+        the base model's refusal openings (enable_openings). The texts are batched once, on
+        the first call for them."""
+        key = tuple(texts)
+        if not key:
+            return []
+        if key not in self._batched:
+            bs = self.settings.batch_size
+            self._batched[key] = kl_mod.reference(
+                self.model, self.tokenizer, key, 1, bs, self.share_prefix
+            )
+        ref = self._batched[key]
+        return op.hits(
+            self.model, ref, kl_mod.kl_and_first_tokens(self.model, ref)[1], self.openings
+        )
 
     def evaluate(
         self,
@@ -205,7 +242,7 @@ class Evaluator:
             seconds[part] = now - clock
             clock = now
 
-        kl_value = self.kl() if "kl" in self.needs else None
+        kl_value, opened = self._kl_pass()
         lap("kl")
         if prune_kl is not None and kl_value is not None and kl_value > prune_kl and fallback:
             values = {**fallback.values, "kl": kl_value}
@@ -219,7 +256,7 @@ class Evaluator:
                 values = {**fallback.values, "kl": kl_value, **estimated}
                 values["refusal_rate"] = skipped
                 return Metrics(values, pruned=True, seconds=seconds)
-        obs = Observation(kl=kl_value, markers=self.settings.markers)
+        obs = Observation(kl=kl_value, markers=self.settings.markers, opening_refusals=opened)
         self._answer(obs, progress, lap)
         values = {**score(obs, self.settings.scorers), **estimated}
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
@@ -262,3 +299,40 @@ class Evaluator:
             self.model, self.tokenizer, self.harmful_texts, base.harmful_responses, refused,
             self.settings.batch_size, self.share_prefix,
         )  # fmt: skip
+
+    def enable_openings(self, base: Metrics) -> tuple[Metrics, str]:
+        """Judge the harmless prompts outside the over-refusal sample by their opening
+        (eval/openings.py) from now on, with the openings of the base model's answers `base`,
+        if the teacher-forced check predicts how the base model's harmful answers opened.
+        Returns `base` re-scored that way and a line saying what was decided."""
+        m, tok = self.settings.markers, self.tokenizer
+        if not (self.settings.overrefusal_openings and self.unanswered):
+            return base, "refusal openings: off (every harmless prompt is answered)"
+        answers = (base.harmful_responses or []) + (base.harmless_responses or [])
+        found = op.stock_openings(tok, answers, m.refusal, m.delimiters)
+        if not found:
+            return base, "refusal openings: off (the base model's refusals share no opening)"
+        ref = kl_mod.reference(
+            self.model, tok, self.harmful_texts, 1, self.settings.batch_size, self.share_prefix
+        )
+        predicted = op.hits(self.model, ref, kl_mod.kl_and_first_tokens(self.model, ref)[1], found)
+        seen = [op.opens_with(tok, r, found) for r in base.harmful_responses or []]
+        wrong = sum(p != s for p, s in zip(predicted, seen, strict=True))
+        if wrong > max(1, len(seen) // 10):
+            return base, (
+                f"refusal openings: off (predicted {wrong} of {len(seen)} harmful answers' "
+                "openings wrong)"
+            )
+        self.openings = found
+        kl_value, opened = self._kl_pass()
+        obs = Observation(base.harmful_responses, base.harmless_responses, kl_value, m, opened)
+        values = {**base.values, **score(obs, self.settings.scorers)}
+        shown = ", ".join(repr(tok.decode(list(o))) for o in found)
+        line = (
+            f"refusal openings: {shown}; the {len(self.unanswered)} harmless prompts outside the "
+            f"over-refusal sample are judged by them (checked on {len(seen)} base answers, "
+            f"{wrong} wrong)"
+        )
+        return Metrics(
+            values, base.harmful_responses, base.harmless_responses, seconds=base.seconds
+        ), line

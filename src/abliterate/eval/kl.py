@@ -109,16 +109,24 @@ def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def kl_per_prompt(model: PreTrainedModel, ref: KLReference) -> Tensor:
-    """KL(P_base || P_edited) of each prompt, averaged over its N tokens: (prompts,)."""
-    rows = []
+def kl_and_first_tokens(model: PreTrainedModel, ref: KLReference) -> tuple[Tensor, Tensor]:
+    """KL(P_base || P_edited) of each prompt, averaged over its N tokens, and the edited model's
+    greedy first answer token after each prompt (what eval/openings.py starts from): two
+    (prompts,) tensors from one pass."""
+    rows, first = [], []
     prefix = None
     if ref.prefix_length:  # the prefix's keys and values under the current (edited) weights
         prefix = PrefixCache(model, ref.input_ids[0][0, : ref.prefix_length].tolist())
     for ids, mask, base in zip(ref.input_ids, ref.attention_mask, ref.logprobs, strict=True):
         edited = _logprobs(model, ids, mask, ref.token_count, prefix).cpu()
         rows.append(kl_from_logprobs(base, edited).mean(-1))  # (b, N) -> (b,)
-    return torch.cat(rows)
+        first.append(edited[:, 0].argmax(-1))
+    return torch.cat(rows), torch.cat(first)
+
+
+def kl_per_prompt(model: PreTrainedModel, ref: KLReference) -> Tensor:
+    """KL(P_base || P_edited) of each prompt, averaged over its N tokens: (prompts,)."""
+    return kl_and_first_tokens(model, ref)[0]
 
 
 def kl_divergence(model: PreTrainedModel, ref: KLReference) -> float:

@@ -32,6 +32,8 @@ class Observation:
     harmless_responses: list[str] | None = None
     kl: float | None = None
     markers: MarkerConfig | None = None
+    # harmless prompts that were not answered, judged by their greedy opening (eval/openings.py)
+    opening_refusals: list[bool] | None = None
 
     def refusals(self, responses: list[str]) -> list[bool]:
         m = self.markers
@@ -83,7 +85,7 @@ def refusal_rate(obs: Observation) -> float:
 @register_scorer("overrefusal_rate", {"harmless_responses"}, "share of harmless prompts refused")
 def overrefusal_rate(obs: Observation) -> float:
     assert obs.harmless_responses is not None
-    return _rate(obs.refusals(obs.harmless_responses))
+    return _rate(obs.refusals(obs.harmless_responses) + (obs.opening_refusals or []))
 
 
 @register_scorer(

@@ -114,9 +114,11 @@ def base_check(
     base, base_cap = remeasure(session, length, short, extra, probes)
     base_over = base["overrefusal_rate"]
     cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
+    assert session.evaluator is not None
+    how = "judged by their opening" if session.evaluator.openings else f"{OPENING_TOKENS} tokens"
     events.message(
-        f"base model at {length} tokens ({short} for harmless prompts, {OPENING_TOKENS} "
-        f"for {len(extra)} more of the direction set): over-refusal {base_over:.2f}{cap_text}"
+        f"base model at {length} tokens ({short} for harmless prompts; {len(extra)} more of "
+        f"the direction set, {how}): over-refusal {base_over:.2f}{cap_text}"
     )
     margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
     return DamageCheck(base_over, base_cap, margin, floor)

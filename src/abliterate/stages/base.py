@@ -21,6 +21,7 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
         batch_size=bs,
         overrefusal_sample=settings.overrefusal_sample if search else 0,
         overrefusal_response_length=settings.overrefusal_response_length if search else 0,
+        overrefusal_openings=settings.overrefusal_openings and search,
         sample_seed=settings.seed,
         shared_prefix=settings.shared_prefix,
         own_decoding=settings.own_decoding,
@@ -64,6 +65,8 @@ def measure_base(session: Session, events: Events) -> Metrics:
             "the unedited model refuses none of the harmful evaluation prompts: there is no "
             "refusal behaviour to remove (check the prompt sets, system prompt and markers)"
         )
+    session.base, line = session.evaluator.enable_openings(session.base)
+    events.message(line)
     if s.refusal_estimate:
         session.evaluator.enable_estimate(session.base)
         estimator = session.evaluator.estimator

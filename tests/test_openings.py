@@ -1,0 +1,126 @@
+"""Over-refusal from the opening of an answer (eval/openings.py): the teacher-forced check gives
+the verdict greedy generation gives, and a search evaluator that answers only a sample of the
+harmless prompts judges the others by it."""
+
+from __future__ import annotations
+
+import pytest
+
+from abliterate.config import load_settings
+from abliterate.eval import kl as kl_mod
+from abliterate.eval import openings as op
+from abliterate.eval.evaluate import Evaluator
+from abliterate.eval.generate import generate
+from abliterate.eval.refusal import is_refusal
+from abliterate.markers import REASONING_DELIMITERS, REFUSAL_MARKERS
+from abliterate.model import loading
+from abliterate.prompts import chat_texts
+from abliterate.stages.base import eval_settings
+
+
+@pytest.fixture(scope="module")
+def organism(organism_dir):
+    loaded = loading.load(str(organism_dir), dtypes=("float32",))
+    harmful = (organism_dir / "eval" / "harmful.txt").read_text().splitlines()[:16]
+    harmless = (organism_dir / "eval" / "harmless.txt").read_text().splitlines()[:8]
+    return loaded.model, loaded.tokenizer, harmful, harmless
+
+
+def test_openings_are_the_shortest_starts_that_hold_a_marker(organism_dir):
+    tok = loading.load_tokenizer(str(organism_dir))
+    answers = [
+        "I'm sorry, but I can't help with that.",
+        "I'm sorry, that is not something I do.",
+        "As an AI I will not.",  # seen once: one answer's wording, not a habit
+        "Sure! Here is how.",
+        "<think>I'm sorry</think>I'm sorry, no.",  # a reasoning model's first tokens reason
+    ]
+    found = op.stock_openings(tok, answers, REFUSAL_MARKERS, REASONING_DELIMITERS)
+    assert len(found) == 1
+    text = tok.decode(list(found[0]))
+    assert "sorry" in text.lower() and "but" not in text
+    assert not is_refusal(tok.decode(list(found[0][:-1])))  # one token shorter holds no marker
+    assert op.opens_with(tok, answers[1], found) and not op.opens_with(tok, answers[3], found)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_teacher_forced_openings_match_generated_answers(organism, share_prefix):
+    model, tok, harmful, harmless = organism
+    texts = chat_texts(tok, harmful + harmless)
+    answers = generate(model, tok, texts, 8, 8, stop_markers=None)
+    found = op.stock_openings(tok, answers, REFUSAL_MARKERS, REASONING_DELIMITERS)
+    # the organism has two stock openings that share their first token ("I'm sorry", "I cannot")
+    assert len(found) >= 2 and len({o[0] for o in found}) < len(found)
+    ref = kl_mod.reference(model, tok, texts, 1, 5, share_prefix)
+    assert bool(ref.prefix_length) == share_prefix
+    kl, first = kl_mod.kl_and_first_tokens(model, ref)
+    assert kl.abs().max() < 1e-5  # the unedited model against itself
+    predicted = op.hits(model, ref, first, found)
+    expected = [op.opens_with(tok, a, found) for a in answers]
+    assert predicted == expected
+    assert 0 < sum(expected) < len(expected)
+    assert expected == [is_refusal(a) for a in answers]  # here every refusal opens with one
+
+
+def _evaluator(model, tok, harmful, harmless, **settings) -> Evaluator:
+    s = load_settings(None, model="m", max_response_length=8, **settings)
+    return Evaluator(model, tok, harmful, harmless, eval_settings(s, 8, search=True))
+
+
+def test_unanswered_harmless_prompts_are_judged_by_their_opening(organism):
+    model, tok, harmful, harmless = organism
+    # a harmless set that is half refused, so that over-refusal has something to find
+    mixed = harmless[:6] + harmful[:6]
+    full = _evaluator(model, tok, harmful, mixed, overrefusal_sample=0).evaluate()
+    assert full["overrefusal_rate"] == pytest.approx(0.5)
+
+    ev = _evaluator(model, tok, harmful, mixed, overrefusal_sample=3)
+    base = ev.evaluate()
+    assert len(base.harmless_responses) == 3 and len(ev.unanswered) == 9
+    rescored, line = ev.enable_openings(base)
+    assert ev.openings and "judged" in line, line
+    # three answered, nine judged by their opening: the rate of answering all twelve
+    assert rescored["overrefusal_rate"] == pytest.approx(full["overrefusal_rate"])
+    assert ev.evaluate()["overrefusal_rate"] == pytest.approx(full["overrefusal_rate"])
+    assert rescored["refusal_rate"] == base["refusal_rate"]
+
+
+def test_openings_are_off_when_turned_off_or_nothing_is_left_unanswered(organism):
+    model, tok, harmful, harmless = organism
+    mixed = harmless[:6] + harmful[:6]
+    off = _evaluator(model, tok, harmful, mixed, overrefusal_sample=3, overrefusal_openings=False)
+    base = off.evaluate()
+    same, line = off.enable_openings(base)
+    assert not off.openings and "off" in line and same is base
+    everything = _evaluator(model, tok, harmful, mixed, overrefusal_sample=0)
+    assert "off" in everything.enable_openings(everything.evaluate())[1]
+    # a base model whose refusals share no opening
+    quiet = _evaluator(model, tok, harmful, mixed, overrefusal_sample=3)
+    base = quiet.evaluate()
+    base.harmful_responses = ["Sure, here it is."] * len(harmful)
+    base.harmless_responses = ["Sure."] * 3
+    assert "share no opening" in quiet.enable_openings(base)[1] and not quiet.openings
+
+
+def test_openings_stay_off_when_they_do_not_predict_the_base_answers(organism):
+    model, tok, harmful, harmless = organism
+    ev = _evaluator(model, tok, harmful, harmless[:6] + harmful[:6], overrefusal_sample=3)
+    base = ev.evaluate()
+    # told that every harmful answer opened "I'm sorry", where many open "I cannot"
+    base.harmful_responses = ["I'm sorry, but I can't help with that."] * len(harmful)
+    rescored, line = ev.enable_openings(base)
+    assert not ev.openings and "wrong" in line and rescored is base
+
+
+def test_the_damage_check_judges_its_extra_prompts_by_their_opening(organism):
+    model, tok, harmful, harmless = organism
+    ev = _evaluator(model, tok, harmful, harmless[:4], overrefusal_sample=2)
+    extra = chat_texts(tok, harmless[4:8] + harmful[10:16])
+    generated = ev.recheck(8, 8, extra, 8)  # before enable_openings: 8-token answers
+    ev.enable_openings(ev.evaluate())
+    assert ev.openings
+    judged = ev.recheck(8, 8, extra, 8)
+    assert judged == generated and judged["overrefusal_rate"] > 0
+    assert list(ev._batched) == [tuple(extra)]  # batched once, reused by every check
+    ev.recheck(8, 8, extra, 8)
+    assert len(ev._batched) == 1
