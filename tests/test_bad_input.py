@@ -293,3 +293,16 @@ def test_help_version_and_usage_errors_import_nothing_heavy():
         assert code == expected, (argv, code, err)
         assert "kernels-community" not in err and "Traceback" not in err, (argv, err)
     assert "n_trials" in result["report"][-1][2]
+
+
+def test_the_library_is_as_quiet_as_the_cli():
+    """Importing abliterate and then peft (which imports bitsandbytes) prints no third-party
+    warning about optional kernel packages: benchmarks and notebooks use the library directly."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import abliterate.pipeline, peft, bitsandbytes"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "kernels-community" not in r.stderr and "Warning" not in r.stderr, r.stderr

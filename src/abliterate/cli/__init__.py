@@ -3,10 +3,3 @@
 Subcommand modules import the library inside their handlers, not at module top: every module
 here is loaded to build `abliterate --help`, which must not pay for torch and transformers
 (seconds on every start). tests/test_bad_input.py checks that --help loads neither."""
-
-import logging
-
-# bitsandbytes (imported by peft) warns on every start, on CPUs with AVX512-BF16, that an optional
-# kernel package is missing; nothing abliterate runs on a CPU uses that kernel. Set here, before
-# any subcommand module imports peft.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
