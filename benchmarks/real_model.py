@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--directions", type=int, default=260, help="rows of each train set")
-    ap.add_argument("--harmless-val", type=int, default=64, help="rows of harmless_val")
+    ap.add_argument("--harmless-val", type=int, default=128, help="rows of harmless_val")
     ap.add_argument("--search-tokens", type=int, default=32)
     ap.add_argument(
         "--overrefusal-sample", type=int, default=16, help="search harmless prompts answered"

@@ -126,7 +126,19 @@ def test_confirmation_budget_is_never_exceeded():
 
     chosen, confirmed = select_confirmed(cands, "min-kl-under:0.1", confirm, budget=2)
     assert asked == [0, 1] and set(confirmed) == {0, 1}
-    assert chosen.number == 2  # the cheapest not yet shown to fail
+    # the budget is spent: the choice is among the re-measured trials (none under the bound:
+    # the lowest refusal rate, then KL), never the next unmeasured one
+    assert chosen.number == 0 and chosen.refusal_rate == 0.5
+
+
+def test_unmeasured_trials_are_chosen_only_when_every_measured_one_is_damaged():
+    cands = [_cand(n, 0.05, 0.1 + n / 100) for n in range(4)]
+
+    def confirm(c):
+        return replace(with_refusal_rate(c, 0.05, 0.8), damaged=True)
+
+    chosen, confirmed = select_confirmed(cands, "min-kl-under:0.1", confirm, budget=2)
+    assert set(confirmed) == {0, 1} and chosen.number == 2
 
 
 def test_a_damaged_trial_is_passed_over_and_stays_passed_over():

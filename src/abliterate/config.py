@@ -267,7 +267,11 @@ class SpaceSettings(BaseModel):
     """The search space: ranges of the kernel and direction parameters."""
 
     max_weight_range: tuple[float, float] = _field(
-        (0.5, 2.0), "space", "Range of a component's peak edit strength."
+        (0.5, 1.5),
+        "space",
+        "Range of a component's peak edit strength. Above about 1.5 the edit turns the "
+        "direction's component over instead of removing it, and Qwen2.5 0.5B then refuses short "
+        "harmless requests ('Who wrote Romeo and Juliet?').",
     )
     peak_range: tuple[float, float] = _field(
         (0.4, 1.0), "space", "Range of the kernel's peak position, as a fraction of the layers."

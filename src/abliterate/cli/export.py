@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--trial", type=int, help="trial number (see the run's Pareto front)")
     choice.add_argument(
-        "--select", help="choose by policy: min-kl-under:R (default 0.1), min-refusals, knee"
+        "--select",
+        help="choose by policy: min-kl-under:R, min-refusals, knee (default: the run's own "
+        "choice, else min-kl-under:0.05)",
     )
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument(
@@ -113,10 +115,17 @@ def from_study(url: str, name: str):
 
 
 def pick_record(
-    records: dict[int, TrialRecord], trial: int | None, policy: str | None
+    records: dict[int, TrialRecord],
+    trial: int | None,
+    policy: str | None,
+    chosen: int | None = None,
 ) -> TrialRecord:
+    """Trial `trial`, else the one `policy` picks, else the run's own choice (`chosen`, made
+    with re-measured figures, see search/select.select_confirmed), else the default policy's."""
     if not records:
         raise AbliterateError("no finished trials to export")
+    if trial is None and policy is None and chosen in records:
+        trial = chosen
     if trial is not None:
         if trial not in records:
             raise AbliterateError(f"no finished trial {trial} (have {sorted(records)[:10]}...)")
@@ -135,7 +144,11 @@ def handle(args: argparse.Namespace) -> int:
         settings, directions, records, base = from_run_dir(args.run_dir)
     else:
         raise AbliterateError("give a RUN_DIR, or --storage URL (and --study-name)")
-    record = pick_record(records, args.trial, args.select)
+    chosen = None
+    if args.run_dir:
+        choice = RunDir(Path(args.run_dir)).load_choice()
+        chosen = choice["trial"] if choice else None
+    record = pick_record(records, args.trial, args.select, chosen)
     if args.gguf_type:
         settings = settings.model_copy(update={"gguf_type": args.gguf_type})
     if args.no_stream:

@@ -172,7 +172,10 @@ def confirm_choice(
         session.run_dir.save_confirmed({**session.run_dir.load_confirmed(), **entries})
         st.set_shared(study, "confirmed", {**(st.get_shared(study, "confirmed") or {}), **entries})
     if s.confirm_trials and not policy.startswith("trial:") and chosen.number not in confirmed:
-        events.message(f"trial {chosen.number} was not re-measured: confirm_trials spent")
+        events.message(
+            f"trial {chosen.number} was not re-measured: confirm_trials spent, and every "
+            "re-measured trial was damaged"
+        )
     if chosen.damaged:
         events.message(f"every trial left was found damaged; trial {chosen.number} is the choice")
     return chosen
