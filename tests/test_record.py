@@ -61,3 +61,19 @@ def test_candidate_prefers_the_confirmed_refusal_rate():
     assert (cand.number, cand.refusal_rate, cand.refusal_score) == (4, 0.25, 0.4)
     plain = Candidate.from_record(replace(record, confirmed=None))
     assert (plain.refusal_rate, plain.refusal_score, plain.kl) == (0.125, 0.2, 0.0625)
+
+
+def test_export_takes_the_runs_own_choice_unless_told_otherwise():
+    from abliterate.cli.export import pick_record
+
+    base = replace(_record(), confirmed=None)
+    records = {
+        n: replace(base, number=n, metrics=replace(base.metrics, refusal_rate=r, kl=kl))
+        for n, r, kl in ((0, 0.02, 0.4), (1, 0.1, 0.1), (2, 0.3, 0.01))
+    }
+    # the run chose trial 1 (with re-measured figures); the default policy alone would take 0
+    assert pick_record(records, None, None, chosen=1).number == 1
+    assert pick_record(records, None, None).number == 0
+    assert pick_record(records, 2, None, chosen=1).number == 2
+    assert pick_record(records, None, "min-kl-under:0.5", chosen=1).number == 2
+    assert pick_record(records, None, None, chosen=7).number == 0  # a choice not in the records
