@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from abliterate.cli.run import execute
     from abliterate.organism import ORGANISM_VERSION, organism_path
+    from abliterate.search.select import DEFAULT_POLICY
 
     err.print(
         "[bold]abliterate demo[/bold]: the built-in model organism (a tiny chat model "
@@ -40,7 +41,7 @@ def handle(args: argparse.Namespace) -> int:
         max_response_length=32,
         batch_size=32,
         run_dir=str(run_dir),
-        select="min-kl-under:0.1",
+        select=DEFAULT_POLICY,  # run's own default, chosen without asking
         output=str(output),
         overwrite=args.output is None,
     )
