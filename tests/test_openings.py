@@ -121,6 +121,8 @@ def test_the_damage_check_judges_its_extra_prompts_by_their_opening(organism):
     assert ev.openings
     judged = ev.recheck(8, 8, extra, 8)
     assert judged == generated and judged["overrefusal_rate"] > 0
-    assert list(ev._batched) == [tuple(extra)]  # batched once, reused by every check
+    # batched once and reused by every check (beside the harmful prompts of the openings' check)
+    assert set(ev._batched) == {tuple(extra), tuple(ev.harmful_texts)}
+    before = len(ev._batched)
     ev.recheck(8, 8, extra, 8)
-    assert len(ev._batched) == 1
+    assert len(ev._batched) == before

@@ -204,10 +204,12 @@ class Evaluator:
         )
         return score(obs, ("refusal_rate", "overrefusal_rate"))
 
-    def opened(self, texts: Sequence[str]) -> list[bool]:
+    def opened(
+        self, texts: Sequence[str], openings: Sequence[op.Opening] | None = None
+    ) -> list[bool]:
         """Whether the model as it is now would open its answer to each chat text with one of
-        the base model's refusal openings (enable_openings). The texts are batched once, on
-        the first call for them."""
+        `openings` (default: the base model's, enable_openings). The texts are batched once,
+        on the first call for them."""
         key = tuple(texts)
         if not key:
             return []
@@ -217,9 +219,8 @@ class Evaluator:
                 self.model, self.tokenizer, key, 1, bs, self.share_prefix
             )
         ref = self._batched[key]
-        return op.hits(
-            self.model, ref, kl_mod.kl_and_first_tokens(self.model, ref)[1], self.openings
-        )
+        first = kl_mod.kl_and_first_tokens(self.model, ref)[1]
+        return op.hits(self.model, ref, first, self.openings if openings is None else openings)
 
     def evaluate(
         self,
@@ -312,10 +313,7 @@ class Evaluator:
         found = op.stock_openings(tok, answers, m.refusal, m.delimiters)
         if not found:
             return base, "refusal openings: off (the base model's refusals share no opening)"
-        ref = kl_mod.reference(
-            self.model, tok, self.harmful_texts, 1, self.settings.batch_size, self.share_prefix
-        )
-        predicted = op.hits(self.model, ref, kl_mod.kl_and_first_tokens(self.model, ref)[1], found)
+        predicted = self.opened(self.harmful_texts, found)
         seen = [op.opens_with(tok, r, found) for r in base.harmful_responses or []]
         wrong = sum(p != s for p, s in zip(predicted, seen, strict=True))
         if wrong > max(1, len(seen) // 10):
