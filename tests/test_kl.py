@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tiny
-from abliterate.eval.kl import _logprobs
+from abliterate.eval.kl import tail_logprobs
 
 
 @pytest.mark.parametrize("family", sorted(tiny.FAMILIES))
@@ -20,11 +20,14 @@ def test_last_positions_only_equal_full_logits(family):
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
     torch.testing.assert_close(
-        _logprobs(model, ids, mask, 1), torch.log_softmax(full[:, -1:], -1), rtol=1e-4, atol=1e-4
+        tail_logprobs(model, ids, mask, 1),
+        torch.log_softmax(full[:, -1:], -1),
+        rtol=1e-4,
+        atol=1e-4,
     )
     n = 3  # the distributions that predicted the last n tokens
     torch.testing.assert_close(
-        _logprobs(model, ids, mask, n),
+        tail_logprobs(model, ids, mask, n),
         torch.log_softmax(full[:, -n - 1 : -1], -1),
         rtol=1e-4,
         atol=1e-4,

@@ -129,9 +129,6 @@ class Evaluator:
         # Answers re-measured by `recheck` may be longer; 4x covers the default.
         return check_prefix(self.model, self.tokenizer, texts, 4 * longest)
 
-    def kl(self) -> float:
-        return kl_mod.kl_divergence(self.model, self.reference)
-
     def _kl_pass(self) -> tuple[float | None, list[bool] | None]:
         """KL of the model as it is now and, with openings enabled, whether each harmless
         prompt outside the over-refusal sample would be answered with a refusal opening."""

@@ -33,7 +33,7 @@ class KLReference:
 
 
 @torch.inference_mode()
-def _logprobs(
+def tail_logprobs(
     model: PreTrainedModel, ids: Tensor, mask: Tensor, n: int, prefix: PrefixCache | None = None
 ) -> Tensor:
     """(b, n, vocab) log-probabilities. For n = 1, `ids` is the prompt and the distribution is
@@ -88,7 +88,7 @@ def reference(
             )
             ids = out.cpu()
             mask = torch.cat([mask, torch.ones(ids.shape[0], token_count, dtype=mask.dtype)], 1)
-        lp = _logprobs(model, ids, mask, token_count, prefix)
+        lp = tail_logprobs(model, ids, mask, token_count, prefix)
         ref.input_ids.append(ids)
         ref.attention_mask.append(mask)
         ref.logprobs.append((lp if token_count == 1 else lp.half()).cpu())
@@ -99,7 +99,7 @@ def first_token_logprobs(
     model: PreTrainedModel, ids: Tensor, mask: Tensor, prefix: PrefixCache | None = None
 ) -> Tensor:
     """(b, vocab) log-probabilities of the first answer token after each prompt, on the CPU."""
-    return _logprobs(model, ids, mask, 1, prefix)[:, 0].cpu()
+    return tail_logprobs(model, ids, mask, 1, prefix)[:, 0].cpu()
 
 
 def kl_from_logprobs(base: Tensor, edited: Tensor) -> Tensor:
@@ -118,7 +118,7 @@ def kl_and_first_tokens(model: PreTrainedModel, ref: KLReference) -> tuple[Tenso
     if ref.prefix_length:  # the prefix's keys and values under the current (edited) weights
         prefix = PrefixCache(model, ref.input_ids[0][0, : ref.prefix_length].tolist())
     for ids, mask, base in zip(ref.input_ids, ref.attention_mask, ref.logprobs, strict=True):
-        edited = _logprobs(model, ids, mask, ref.token_count, prefix).cpu()
+        edited = tail_logprobs(model, ids, mask, ref.token_count, prefix).cpu()
         rows.append(kl_from_logprobs(base, edited).mean(-1))  # (b, N) -> (b,)
         first.append(edited[:, 0].argmax(-1))
     return torch.cat(rows), torch.cat(first)

@@ -23,7 +23,6 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from abliterate.eval import kl as kl_mod
-from abliterate.eval.generate import model_device
 from abliterate.eval.prefix import PrefixCache
 from abliterate.eval.refusal import has_marker, strip_reasoning
 
@@ -103,19 +102,10 @@ def hits(
 def _follows(
     model: PreTrainedModel, ids: Tensor, mask: Tensor, opening: Opening, prefix: PrefixCache | None
 ) -> list[bool]:
-    """Whether each row's greedy continuation after its first token (`opening[0]`, already
-    checked) goes on with the rest of `opening`: the opening but its last token teacher-forced."""
-    forced = torch.tensor([list(opening[:-1])] * ids.shape[0], dtype=ids.dtype)
+    """Whether each row's greedy answer is `opening`: the opening teacher-forced after the
+    prompt, and each of its tokens the most likely one where it was predicted."""
+    forced = torch.tensor([list(opening)] * ids.shape[0], dtype=ids.dtype)
     ids = torch.cat([ids, forced], 1)
     mask = torch.cat([mask, torch.ones_like(forced, dtype=mask.dtype)], 1)
-    keep = len(opening) - 1  # the positions that predict opening[1:]
-    device = model_device(model)
-    ids, mask = ids.to(device), mask.to(device)
-    if prefix is not None:
-        logits = prefix.forward(model, ids, mask, keep)
-    else:
-        logits = model(
-            input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep
-        ).logits[:, -keep:]
-    want = torch.tensor(opening[1:], device=logits.device)
-    return (logits.argmax(-1) == want).all(-1).tolist()
+    predicted = kl_mod.tail_logprobs(model, ids, mask, len(opening), prefix).argmax(-1).cpu()
+    return (predicted == torch.tensor(opening)).all(-1).tolist()
