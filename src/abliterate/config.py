@@ -397,11 +397,14 @@ class EvaluationSettings(BaseModel):
         ge=0,
     )
     overrefusal_response_length: int = _field(
-        0,
+        16,
         "evaluation",
         "New tokens per harmless answer in a search trial (0 = max_response_length). A refusal "
-        "opens the answer, so short answers find over-refusal for less; `evaluate` and the "
-        "chosen trial's figures use full-length answers.",
+        "opens the answer, so short answers find over-refusal for less (compliant answers "
+        "never stop early: on Qwen2.5 0.5B with 32 sampled prompts a trial took 85 s at "
+        "100 tokens, 70-74 s at 16); "
+        "`evaluate`, the re-measured picks and the chosen trial's figures use full-length "
+        "answers.",
         ge=0,
     )
     overrefusal_openings: bool = _field(
