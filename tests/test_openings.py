@@ -126,3 +126,47 @@ def test_the_damage_check_judges_its_extra_prompts_by_their_opening(organism):
     before = len(ev._batched)
     ev.recheck(8, 8, extra, 8)
     assert len(ev._batched) == before
+
+
+def test_more_harmful_prompts_judged_by_their_opening_pool_into_the_refusal_rate(organism):
+    model, tok, harmful, harmless = organism
+    # the extra harmful set half refused (harmless prompts among them), so pooling shows
+    extra = harmful[8:14] + harmless[:6]
+    answered = _evaluator(model, tok, harmful[:8] + extra, harmless, overrefusal_sample=0)
+    full = answered.evaluate()["refusal_rate"]
+    s = load_settings(None, model="m", max_response_length=8, overrefusal_sample=4)
+    settings = eval_settings(s, 8, search=True)
+    ev = Evaluator(model, tok, harmful[:8], harmless, settings, harmful_openings=extra)
+    base = ev.evaluate()
+    assert len(base.harmful_responses) == 8  # nothing judged before the openings are checked
+    rescored, line = ev.enable_openings(base)
+    assert ev.openings and "12 more harmful prompts" in line, line
+    # eight answered, twelve judged by their opening: the rate of answering all twenty
+    assert 0 < full < 1 and rescored["refusal_rate"] == pytest.approx(full)
+    again = ev.evaluate()
+    assert again["refusal_rate"] == pytest.approx(full) and "harmful openings" in again.seconds
+    assert ev.recheck(8, 8)["refusal_rate"] == pytest.approx(full)
+    # an evaluator without them measures the eight answered ones only
+    assert (
+        base["refusal_rate"]
+        == _evaluator(model, tok, harmful[:8], harmless).evaluate()["refusal_rate"]
+    )
+
+
+def test_the_harmful_openings_sample_leaves_out_evaluation_and_report_prompts():
+    from types import SimpleNamespace
+
+    from abliterate.stages.base import direction_sample
+
+    pool = [f"p{i}" for i in range(40)]
+    prompts = {
+        "harmful_prompts": pool + pool[:5],  # repeats count once
+        "harmful_eval_prompts": pool[:10],
+        "harmful_report_prompts": pool[10:15],
+    }
+    session = SimpleNamespace(prompts=prompts, settings=load_settings(None, model="m", seed=3))
+    picked = direction_sample(session, "harmful", 12)
+    assert len(picked) == len(set(picked)) == 12 and not set(picked) & set(pool[:15])
+    assert picked == direction_sample(session, "harmful", 12)  # seeded
+    assert sorted(direction_sample(session, "harmful", 100)) == sorted(pool[15:])
+    assert direction_sample(session, "harmful", 0) == []

@@ -7,10 +7,12 @@ from dataclasses import replace
 import optuna
 import pytest
 
+from abliterate.config import load_settings
 from abliterate.errors import AbliterateError
 from abliterate.search.objective import ObjectiveWeights, kl_score, refusal_score
 from abliterate.search.select import (
     Candidate,
+    check_policy,
     pareto_front,
     select,
     select_confirmed,
@@ -90,6 +92,22 @@ def test_pareto_front_and_policies():
         select(cands, "best")
     with pytest.raises(AbliterateError, match="no finished trial number 9"):
         select(cands, "trial:9")
+
+
+def test_kl_ceiling_passes_over_edits_that_buy_refusals_with_kl():
+    # The Qwen2.5 0.5B search: the only trial under 0.05 had KL 0.42; the next ones 0.06.
+    cands = [_c(2, 0.036, 0.42), _c(12, 0.06, 0.125), _c(10, 0.06, 0.137), _c(5, 0.084, 0.12)]
+    assert select(cands, "min-kl-under:0.05").number == 2
+    assert select(cands, "min-kl-under:0.05,max-kl:0.2").number == 12  # fewest refusals under it
+    assert select(cands, "min-kl-under:0.1,max-kl:0.2").number == 5  # lowest KL under both
+    assert select(cands, "min-kl-under:0.05,max-kl:0.01").number == 2  # none under: no ceiling
+    for bad in ("min-kl-under:0.05,max-kl:x", "min-kl-under:", "trial:x", "best"):
+        with pytest.raises(AbliterateError):
+            check_policy(bad)
+    for good in ("min-kl-under:0.05,max-kl:0.2", "min-kl-under:0.1", "trial:3", "knee"):
+        check_policy(good)
+    with pytest.raises(AbliterateError, match="unknown selection policy"):
+        load_settings(None, model="m", select="best")  # before anything loads
 
 
 def _cand(n, rate, kl, base=0.8):

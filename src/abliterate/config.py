@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from abliterate.errors import AbliterateError
 from abliterate.markers import HEDGE_MARKERS, REASONING_DELIMITERS, REFUSAL_MARKERS
+from abliterate.search.select import check_policy
 
 # Titles of the setting groups, in --help and config.default.toml.
 GROUP_TITLES = {
@@ -416,6 +417,17 @@ class EvaluationSettings(BaseModel):
         "KL pass. Checked against the base model's generated answers first, and left off where "
         "the two disagree.",
     )
+    harmful_openings_sample: int = _field(
+        0,
+        "evaluation",
+        "Harmful prompts of the direction set (a seeded sample, none of the evaluation or "
+        "report prompts) also judged in every search trial and re-measurement by their opening "
+        "(as overrefusal_openings judges harmless ones), pooled with the answered harmful "
+        "prompts into the refusal rate, for a finer rate than the few harmful evaluation "
+        "prompts give. Off by default: 64 of them cost Qwen2.5 0.5B 8-13 s a trial (24 -> "
+        "31 s) and the search found no better front (README, real model) (0 = off).",
+        ge=0,
+    )
     shared_prefix: bool = _field(
         True,
         "evaluation",
@@ -477,8 +489,9 @@ class RunSettings(BaseModel):
     select: str | None = _field(
         None,
         "run",
-        "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R), "
-        "min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.05.",
+        "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R, else "
+        "the lowest refusal rate), min-kl-under:R,max-kl:K (the same among trials with KL <= "
+        "K), min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.05,max-kl:0.2.",
     )
     confirm_trials: int = _field(
         3,
@@ -554,6 +567,8 @@ class Settings(
             self.model = f"{self.model.rstrip('/')}/{self.gguf_file}"
             self.gguf_file = None
         export_kinds(self.export)
+        if self.select is not None:
+            check_policy(self.select)
         if self.n_startup_trials is not None and self.n_startup_trials > self.n_trials:
             raise ValueError(
                 f"n_startup_trials ({self.n_startup_trials}) > n_trials ({self.n_trials})"

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     choice.add_argument("--trial", type=int, help="trial number (see the run's Pareto front)")
     choice.add_argument(
         "--select",
-        help="choose by policy: min-kl-under:R, min-refusals, knee (default: the run's own "
-        "choice, else min-kl-under:0.05)",
+        help="choose by policy: min-kl-under:R[,max-kl:K], min-refusals, knee (default: the "
+        "run's own choice, else min-kl-under:0.05,max-kl:0.2)",
     )
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument(

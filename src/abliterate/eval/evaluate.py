@@ -85,6 +85,7 @@ class Evaluator:
         harmful_prompts: Sequence[str],
         harmless_prompts: Sequence[str],
         settings: EvalSettings,
+        harmful_openings: Sequence[str] = (),
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -100,6 +101,9 @@ class Evaluator:
         self.overrefusal_prompts = [self.harmless_prompts[i] for i in keep]
         self.overrefusal_texts = [self.harmless_texts[i] for i in keep]
         self.unanswered = sorted(set(range(len(self.harmless_prompts))) - set(keep))
+        # more harmful prompts, judged by their opening once openings are enabled: the refusal
+        # rate then covers kinds of request the few answered ones do not
+        self.harmful_openings = chat_texts(tokenizer, harmful_openings, settings.system_prompt)
         self.openings: list[op.Opening] = []  # set by enable_openings
         self._batched: dict[tuple[str, ...], kl_mod.KLReference] = {}  # for `opened`
         self.needs = needed(settings.scorers)
@@ -198,8 +202,16 @@ class Evaluator:
             harmful_responses=answers[:n],
             harmless_responses=answers[n:],
             opening_refusals=self.opened(extra_harmless) if self.openings else None,
+            harmful_opening_refusals=self._harmful_opened(),
         )
         return score(obs, ("refusal_rate", "overrefusal_rate"))
+
+    def _harmful_opened(self) -> list[bool] | None:
+        """Whether each of the `harmful_openings` prompts would be answered with a refusal
+        opening (None until openings are enabled, or without such prompts)."""
+        if not (self.openings and self.harmful_openings and "harmful_responses" in self.needs):
+            return None
+        return self.opened(self.harmful_openings)
 
     def opened(
         self, texts: Sequence[str], openings: Sequence[op.Opening] | None = None
@@ -256,6 +268,9 @@ class Evaluator:
                 return Metrics(values, pruned=True, seconds=seconds)
         obs = Observation(kl=kl_value, markers=self.settings.markers, opening_refusals=opened)
         self._answer(obs, progress, lap)
+        obs.harmful_opening_refusals = self._harmful_opened()
+        if obs.harmful_opening_refusals is not None:
+            lap("harmful openings")
         values = {**score(obs, self.settings.scorers), **estimated}
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
 
@@ -304,8 +319,8 @@ class Evaluator:
         if the teacher-forced check predicts how the base model's harmful answers opened.
         Returns `base` re-scored that way and a line saying what was decided."""
         m, tok = self.settings.markers, self.tokenizer
-        if not (self.settings.overrefusal_openings and self.unanswered):
-            return base, "refusal openings: off (every harmless prompt is answered)"
+        if not (self.settings.overrefusal_openings and (self.unanswered or self.harmful_openings)):
+            return base, "refusal openings: off (every prompt is answered)"
         answers = (base.harmful_responses or []) + (base.harmless_responses or [])
         found = op.stock_openings(tok, answers, m.refusal, m.delimiters)
         if not found:
@@ -320,13 +335,22 @@ class Evaluator:
             )
         self.openings = found
         kl_value, opened = self._kl_pass()
-        obs = Observation(base.harmful_responses, base.harmless_responses, kl_value, m, opened)
+        obs = Observation(
+            base.harmful_responses, base.harmless_responses, kl_value, m, opened,
+            self._harmful_opened(),
+        )  # fmt: skip
         values = {**base.values, **score(obs, self.settings.scorers)}
         shown = ", ".join(repr(tok.decode(list(o))) for o in found)
+        judged = []
+        if self.unanswered:
+            judged.append(
+                f"the {len(self.unanswered)} harmless prompts outside the over-refusal sample"
+            )
+        if obs.harmful_opening_refusals is not None:
+            judged.append(f"{len(self.harmful_openings)} more harmful prompts")
         line = (
-            f"refusal openings: {shown}; the {len(self.unanswered)} harmless prompts outside the "
-            f"over-refusal sample are judged by them (checked on {len(seen)} base answers, "
-            f"{wrong} wrong)"
+            f"refusal openings: {shown}; {' and '.join(judged)} are judged by them (checked on "
+            f"{len(seen)} base answers, {wrong} wrong)"
         )
         return Metrics(
             values, base.harmful_responses, base.harmless_responses, seconds=base.seconds

@@ -31,6 +31,13 @@ def measured_notes(settings, record: TrialRecord) -> str:
             f"Over-refusal was answered on a seeded sample of {settings.overrefusal_sample} of "
             "the harmless prompts (all of them when the set is smaller); KL reads all of them."
         )
+    if settings.harmful_openings_sample and settings.overrefusal_openings:
+        notes.append(
+            "The in-search refusal rates also count up to "
+            f"{settings.harmful_openings_sample} harmful prompts of the direction set, judged by "
+            "whether the answer would open with one of the base model's refusal openings (where "
+            "those predicted the base model's answers)."
+        )
     if settings.overrefusal_response_length:
         notes.append(
             f"In the search, harmless answers were {settings.overrefusal_response_length} "

@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 
 from abliterate.edit.plan import plan
 from abliterate.eval.capability import capability
-from abliterate.eval.evaluate import sample_indices
 from abliterate.events import Events
 from abliterate.prompts import chat_texts
 from abliterate.runs import (
@@ -17,7 +16,8 @@ from abliterate.search import study as st
 from abliterate.search.record import Confirmation, TrialRecord
 from abliterate.search.select import Candidate, select_confirmed, with_refusal_rate
 from abliterate.search.trials import study_record
-from abliterate.stages.held_out import HARMLESS_REPORT, report_probes
+from abliterate.stages.base import direction_sample
+from abliterate.stages.held_out import report_probes
 from abliterate.stages.session import Session
 
 
@@ -83,13 +83,7 @@ def damage_prompts(session: Session) -> list[str]:
     """Chat texts of the damage check's extra harmless prompts: a seeded sample of the
     direction set, leaving out the search's and the report's harmless prompts."""
     s = session.settings
-    if not s.confirm_harmless_sample:
-        return []
-    taken = set(session.prompts.get("harmless_eval_prompts", ()))
-    taken |= set(session.prompts.get(HARMLESS_REPORT, ()))
-    source = session.prompts.get("harmless_prompts", ())
-    pool = list(dict.fromkeys(p for p in source if p not in taken))
-    picked = [pool[i] for i in sample_indices(len(pool), s.confirm_harmless_sample, s.seed)]
+    picked = direction_sample(session, "harmless", s.confirm_harmless_sample)
     return chat_texts(session.tokenizer, picked, s.system_prompt)
 
 

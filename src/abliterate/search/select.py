@@ -72,31 +72,64 @@ def _knee(front: list[Candidate]) -> Candidate:
     return front[max(range(len(front)), key=lambda i: (dist(pts[i]), -front[i].number))]
 
 
-# Without a terminal: the lowest KL among trials refusing at most 5 % of the search prompts. A
-# bound at the rate a user wants held out (0.10) picks trials that only just pass it on the
-# search prompts, and refuse more on prompts they were not chosen on (README, real model).
-DEFAULT_POLICY = "min-kl-under:0.05"
-POLICIES = ("min-kl-under:R", "min-refusals", "knee", "trial:N")
+# Without a terminal: the lowest KL among trials refusing at most 5 % of the search prompts,
+# of those with KL at most 0.2. A bound at the rate a user wants held out (0.10) picks trials
+# that only just pass it on the search prompts, and refuse more on prompts they were not
+# chosen on (README, real model). Held-out KL ran about 1.1x the search's on Qwen2.5 0.5B: the
+# ceiling keeps the export under the 0.25 that a user notices in the answers.
+DEFAULT_POLICY = "min-kl-under:0.05,max-kl:0.2"
+POLICIES = ("min-kl-under:R[,max-kl:K]", "min-refusals", "knee", "trial:N")
+
+
+def _bounds(policy: str) -> tuple[float, float]:
+    """The refusal bound and KL ceiling of `min-kl-under:R[,max-kl:K]`."""
+    bound_text, _, ceiling_text = policy.removeprefix("min-kl-under:").partition(",max-kl:")
+    try:
+        return float(bound_text), float(ceiling_text) if ceiling_text else math.inf
+    except ValueError:
+        raise AbliterateError(
+            f"bad policy {policy!r}: expected min-kl-under:0.05 or min-kl-under:0.05,max-kl:0.2"
+        ) from None
+
+
+def check_policy(policy: str) -> None:
+    """Raise on a policy `select` cannot read: checked when the settings load, not after the
+    search."""
+    if policy.startswith("min-kl-under:"):
+        _bounds(policy)
+    elif policy.startswith("trial:"):
+        if not policy.removeprefix("trial:").isdigit():
+            raise AbliterateError(f"bad policy {policy!r}: expected trial:N, a trial number")
+    elif policy not in ("min-refusals", "knee"):
+        raise AbliterateError(
+            f"unknown selection policy {policy!r}; use one of: {', '.join(POLICIES)}"
+        )
+
+
+def _min_kl_under(cands: Sequence[Candidate], policy: str) -> Candidate:
+    """`min-kl-under:R[,max-kl:K]` (see `select`)."""
+    bound, ceiling = _bounds(policy)
+    # a KL ceiling leaves out the edits that buy their last refusals with the model's answers
+    # (Qwen2.5 0.5B: the only trial under 0.05 had KL 0.42, the next ones 0.06 at KL 0.13)
+    cands = [c for c in cands if c.kl <= ceiling] or list(cands)
+    ok = [c for c in cands if c.refusal_rate <= bound]
+    if not ok:
+        return min(cands, key=lambda c: (c.refusal_rate, c.kl, c.number))
+    return min(ok, key=lambda c: (c.kl, c.refusal_rate, c.number))
 
 
 def select(cands: Sequence[Candidate], policy: str) -> Candidate:
     """Pick one trial. `min-kl-under:R`: lowest KL among trials with refusal rate <= R (else
-    the lowest refusal rate); `min-refusals`: lowest refusal score, then KL; `knee`: the
-    Pareto knee; `trial:N`: trial N. Trials found damaged when re-measured are passed over
-    unless every trial is (or one is named)."""
+    the lowest refusal rate), and with `,max-kl:K` among the trials of KL <= K only (all of
+    them when none is); `min-refusals`: lowest refusal score, then KL; `knee`: the Pareto
+    knee; `trial:N`: trial N. Trials found damaged when re-measured are passed over unless
+    every trial is (or one is named)."""
     if not cands:
         raise AbliterateError("the study has no finished trials to choose from")
     if not policy.startswith("trial:"):
         cands = [c for c in cands if not c.damaged] or list(cands)
     if policy.startswith("min-kl-under:"):
-        try:
-            bound = float(policy.split(":", 1)[1])
-        except ValueError:
-            raise AbliterateError(f"bad policy {policy!r}: expected min-kl-under:0.05") from None
-        ok = [c for c in cands if c.refusal_rate <= bound]
-        if not ok:
-            return min(cands, key=lambda c: (c.refusal_rate, c.kl, c.number))
-        return min(ok, key=lambda c: (c.kl, c.refusal_rate, c.number))
+        return _min_kl_under(cands, policy)
     if policy.startswith("trial:"):
         wanted = policy.split(":", 1)[1]
         for c in cands:

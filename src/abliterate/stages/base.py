@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abliterate.config import Settings
 from abliterate.errors import AbliterateError
-from abliterate.eval.evaluate import EvalSettings, Evaluator, Metrics
+from abliterate.eval.evaluate import EvalSettings, Evaluator, Metrics, sample_indices
 from abliterate.eval.prefix import PrefixCheck
 from abliterate.eval.scorers import MarkerConfig
 from abliterate.events import Events
@@ -45,6 +45,18 @@ def prefix_line(check: PrefixCheck) -> str:
     return f"shared prefix: off ({check.reason})"
 
 
+def direction_sample(session: Session, kind: str, k: int) -> list[str]:
+    """A seeded sample of `k` prompts of the `kind` ("harmful"/"harmless") direction set,
+    leaving out the evaluation and report prompts (0 = none)."""
+    if not k:
+        return []
+    taken = set(session.prompts.get(f"{kind}_eval_prompts", ()))
+    taken |= set(session.prompts.get(f"{kind}_report_prompts", ()))
+    source = session.prompts.get(f"{kind}_prompts", ())
+    pool = list(dict.fromkeys(p for p in source if p not in taken))
+    return [pool[i] for i in sample_indices(len(pool), k, session.settings.seed)]
+
+
 def measure_base(session: Session, events: Events) -> Metrics:
     s = session.settings
     session.evaluator = Evaluator(
@@ -53,6 +65,10 @@ def measure_base(session: Session, events: Events) -> Metrics:
         session.prompts["harmful_eval_prompts"],
         session.prompts["harmless_eval_prompts"],
         eval_settings(s, session.batch_size, search=True),
+        # judged by their opening, so only where openings are on
+        harmful_openings=direction_sample(
+            session, "harmful", s.harmful_openings_sample if s.overrefusal_openings else 0
+        ),
     )
     events.message(prefix_line(session.evaluator.prefix_check))
     check = session.evaluator.greedy_check
