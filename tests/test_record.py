@@ -69,7 +69,7 @@ def test_export_takes_the_runs_own_choice_unless_told_otherwise():
     base = replace(_record(), confirmed=None)
     records = {
         n: replace(base, number=n, metrics=replace(base.metrics, refusal_rate=r, kl=kl))
-        for n, r, kl in ((0, 0.02, 0.4), (1, 0.1, 0.1), (2, 0.3, 0.01))
+        for n, r, kl in ((0, 0.02, 0.15), (1, 0.1, 0.1), (2, 0.3, 0.01))
     }
     # the run chose trial 1 (with re-measured figures); the default policy alone would take 0
     assert pick_record(records, None, None, chosen=1).number == 1
