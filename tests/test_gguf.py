@@ -91,6 +91,11 @@ def test_gguf_loads_with_tokenizer_and_chat_template(smollm):
     # DIR --gguf-file NAME names the same model.
     settings = load_settings(model=str(smollm.parent), gguf_file=smollm.name)
     assert settings.model == str(smollm)
+    # The converted directory holds plain float32 weights: nothing marks it as quantized, so a
+    # model read from it (or from a merged export, which copies its config) can be saved again.
+    converted = Path(loading.checkpoint_dir(str(smollm)))
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+    assert not getattr(loaded.model, "is_quantized", False)
 
 
 def test_gguf_export_equals_merged_export(smollm, tmp_path):

@@ -12,6 +12,7 @@ This module knows nothing about edits.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from abliterate.export.stream import ShardWriter
 
 MAGIC = b"GGUF"
 RECORD = "abliterate-gguf.json"  # written last: a directory without it is incomplete
-FORMAT = 1  # bump when the converted directory changes
+FORMAT = 2  # bump when the converted directory changes (2: no quantization_config)
 
 
 def is_gguf(spec: str | Path) -> bool:
@@ -162,7 +163,13 @@ def _write_converted(gguf: Path, directory: Path) -> None:
                 f"transformers cannot read {gguf.name}: {str(exc).splitlines()[0]}"
             ) from None
     tokenizer.save_pretrained(directory)
-    model.config.save_pretrained(directory)
+    # The weights are dequantized float32, but the config read from a GGUF still says
+    # quant_method gguf: a model loaded from the directory (or from a merged export, which
+    # copies its config) would then refuse save_pretrained, as Heretic found.
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(directory)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(directory)
     shards = ShardWriter(directory, 5 * 10**9)
