@@ -124,6 +124,7 @@ def select(cands: Sequence[Candidate], policy: str) -> Candidate:
     them when none is); `min-refusals`: lowest refusal score, then KL; `knee`: the Pareto
     knee; `trial:N`: trial N. Trials found damaged when re-measured are passed over unless
     every trial is (or one is named)."""
+    check_policy(policy)
     if not cands:
         raise AbliterateError("the study has no finished trials to choose from")
     if not policy.startswith("trial:"):
@@ -138,9 +139,7 @@ def select(cands: Sequence[Candidate], policy: str) -> Candidate:
         raise AbliterateError(f"policy {policy!r}: no finished trial number {wanted}")
     if policy == "min-refusals":
         return min(cands, key=lambda c: (c.refusal_score, c.kl, c.number))
-    if policy == "knee":
-        return _knee(pareto_front(cands))
-    raise AbliterateError(f"unknown selection policy {policy!r}; use one of: {', '.join(POLICIES)}")
+    return _knee(pareto_front(cands))  # "knee": check_policy allows nothing else
 
 
 def with_refusal_rate(c: Candidate, rate: float, base_refusal_rate: float) -> Candidate:
