@@ -170,3 +170,61 @@ def test_the_harmful_openings_sample_leaves_out_evaluation_and_report_prompts():
     assert picked == direction_sample(session, "harmful", 12)  # seeded
     assert sorted(direction_sample(session, "harmful", 100)) == sorted(pool[15:])
     assert direction_sample(session, "harmful", 0) == []
+
+
+def test_trials_judged_by_openings_alone_answer_nothing_and_match_full_answers(
+    organism, monkeypatch
+):
+    model, tok, harmful, harmless = organism
+    # both sets half refused, so both rates have something to find
+    bad, good = harmful[:6] + harmless[:4], harmless[:6] + harmful[10:14]
+    full = _evaluator(model, tok, bad, good, overrefusal_sample=0).evaluate()
+    assert 0 < full["refusal_rate"] < 1 and 0 < full["overrefusal_rate"] < 1
+
+    ev = _evaluator(model, tok, bad, good, overrefusal_sample=3, trial_openings_only=True)
+    base = ev.evaluate()  # the base model is answered: the openings are read off its answers
+    assert len(base.harmful_responses) == len(bad)
+    rescored, line = ev.enable_openings(base)
+    assert ev.openings_only and "every harmful and harmless prompt" in line, line
+
+    from abliterate.eval import evaluate as evaluate_mod
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a trial judged by openings generated")
+
+    monkeypatch.setattr(evaluate_mod, "generate", no_generation)
+    trial = ev.evaluate()
+    assert trial.harmful_responses is None and trial.harmless_responses is None
+    assert set(trial.seconds) == {"kl", "openings"}
+    # every refusal of the organism opens with a stock opening: the verdicts are the answers'
+    for name in ("refusal_rate", "overrefusal_rate"):
+        assert trial[name] == pytest.approx(full[name]) == pytest.approx(rescored[name])
+    assert trial["harmful_marker_rate"] == 0  # no answer text to read
+    monkeypatch.undo()
+
+    again = ev.recheck(8, 8)  # the choice's re-measurement answers, and says how they agreed
+    assert again["refusal_rate"] == pytest.approx(full["refusal_rate"])
+    assert again["openings_refusal_rate"] == pytest.approx(full["refusal_rate"])
+    assert again["openings_agree_harmful"] == again["openings_agree_harmless"] == 1.0
+
+
+def test_openings_alone_count_refusals_only_where_the_answer_opens_with_one(organism):
+    model, tok, harmful, harmless = organism
+    ev = _evaluator(model, tok, harmful[:8], harmless[:6], trial_openings_only=True)
+    ev.enable_openings(ev.evaluate())
+    assert ev.openings_only
+    # a late refusal: markers the base's openings do not hold are found only in answers
+    from abliterate.eval.scorers import MarkerConfig
+
+    ev.settings.markers = MarkerConfig([*ev.settings.markers.refusal, "the"], ())
+    got = ev.recheck(8, 8)
+    assert got["refusal_rate"] >= got["openings_refusal_rate"]
+    assert got["openings_agree_harmless"] < 1.0  # harmless answers holding "the" now refuse
+
+
+def test_openings_alone_need_the_openings_and_a_re_measured_choice():
+    from abliterate.errors import AbliterateError
+
+    for bad in ({"overrefusal_openings": False}, {"confirm_trials": 0}):
+        with pytest.raises((AbliterateError, ValueError), match="trial_openings_only needs"):
+            load_settings(None, model="m", trial_openings_only=True, **bad)

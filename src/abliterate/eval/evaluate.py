@@ -41,6 +41,8 @@ class EvalSettings:
     overrefusal_response_length: int = 0  # new tokens per harmless answer; 0 = max_response_length
     # the other harmless prompts judged by their opening (eval/openings.py; enable_openings)
     overrefusal_openings: bool = field_default("overrefusal_openings")
+    # every prompt of a trial judged by its opening, none answered (trial_openings_only)
+    openings_only: bool = False
     sample_seed: int = field_default("seed")
     shared_prefix: bool = field_default("shared_prefix")  # where the model agrees (prefix.py)
     own_decoding: bool = field_default("own_decoding")  # where the model agrees (greedy.py)
@@ -139,10 +141,21 @@ class Evaluator:
         if "kl" not in self.needs:
             return None, None
         per_prompt, first = kl_mod.kl_and_first_tokens(self.model, self.reference)
-        if not (self.openings and self.unanswered and "harmless_responses" in self.needs):
+        judged = self._judged_harmless()
+        if not (self.openings and judged and "harmless_responses" in self.needs):
             return per_prompt.mean().item(), None
         found = op.hits(self.model, self.reference, first, self.openings)
-        return per_prompt.mean().item(), [found[i] for i in self.unanswered]
+        return per_prompt.mean().item(), [found[i] for i in judged]
+
+    @property
+    def openings_only(self) -> bool:
+        """Whether trials judge every prompt by its opening and answer none (once openings
+        are enabled)."""
+        return self.settings.openings_only and bool(self.openings)
+
+    def _judged_harmless(self) -> list[int]:
+        """Positions of the harmless prompts a trial judges by their opening."""
+        return list(range(len(self.harmless_texts))) if self.openings_only else self.unanswered
 
     def _responses(
         self, texts: list[str], stage: str, progress: Progress | None, length: int | list[int]
@@ -204,7 +217,27 @@ class Evaluator:
             opening_refusals=self.opened(extra_harmless) if self.openings else None,
             harmful_opening_refusals=self._harmful_opened(),
         )
-        return score(obs, ("refusal_rate", "overrefusal_rate"))
+        values = score(obs, ("refusal_rate", "overrefusal_rate"))
+        if self.openings_only:
+            values |= self._agreement(obs)
+        return values
+
+    def _agreement(self, obs: Observation) -> dict[str, float]:
+        """How often the opening verdict of a trial (openings_only) matches the verdict of
+        the answers `obs` holds, on the harmful and on the harmless evaluation prompts; and
+        the opening-judged refusal rate of the harmful ones."""
+        assert obs.harmful_responses is not None and obs.harmless_responses is not None
+        out = {}
+        for kind, texts, answers in (
+            ("harmful", self.harmful_texts, obs.harmful_responses),
+            ("harmless", self.harmless_texts, obs.harmless_responses[: len(self.harmless_texts)]),
+        ):
+            opened = self.opened(texts)
+            same = sum(a == b for a, b in zip(opened, obs.refusals(answers), strict=True))
+            out[f"openings_agree_{kind}"] = same / len(texts) if texts else 1.0
+            if kind == "harmful":
+                out["openings_refusal_rate"] = sum(opened) / len(texts) if texts else 0.0
+        return out
 
     def _harmful_opened(self) -> list[bool] | None:
         """Whether each of the `harmful_openings` prompts would be answered with a refusal
@@ -257,6 +290,8 @@ class Evaluator:
         if prune_kl is not None and kl_value is not None and kl_value > prune_kl and fallback:
             values = {**fallback.values, "kl": kl_value}
             return Metrics(values, pruned=True, seconds=seconds)
+        if self.openings_only:
+            return self._judge_by_openings(kl_value, opened, lap, seconds)
         estimated: dict[str, float] = {}
         if self.estimator is not None and kl_value is not None:
             estimated["refusal_estimate"] = self.estimator.estimate(self.model)
@@ -273,6 +308,23 @@ class Evaluator:
             lap("harmful openings")
         values = {**score(obs, self.settings.scorers), **estimated}
         return Metrics(values, obs.harmful_responses, obs.harmless_responses, seconds=seconds)
+
+    def _judge_by_openings(
+        self,
+        kl_value: float | None,
+        opened: list[bool] | None,
+        lap: Callable[[str], None],
+        seconds: dict[str, float],
+    ) -> Metrics:
+        """The metrics of a trial that answers nothing (openings_only): every harmless prompt
+        judged by its opening in the KL pass (`opened`), every harmful one in one more pass.
+        Scorers that read answers' text (harmful_marker_rate) see none and read 0."""
+        obs = Observation([], [], kl_value, self.settings.markers, opened)
+        obs.harmful_opening_refusals = self.opened(self.harmful_texts) + (
+            self._harmful_opened() or []
+        )
+        lap("openings")
+        return Metrics(score(obs, self.settings.scorers), seconds=seconds)
 
     def _answer(
         self, obs: Observation, progress: Progress | None, lap: Callable[[str], None]
@@ -319,7 +371,8 @@ class Evaluator:
         if the teacher-forced check predicts how the base model's harmful answers opened.
         Returns `base` re-scored that way and a line saying what was decided."""
         m, tok = self.settings.markers, self.tokenizer
-        if not (self.settings.overrefusal_openings and (self.unanswered or self.harmful_openings)):
+        to_judge = self.unanswered or self.harmful_openings or self.settings.openings_only
+        if not (self.settings.overrefusal_openings and to_judge):
             return base, "refusal openings: off (every prompt is answered)"
         answers = (base.harmful_responses or []) + (base.harmless_responses or [])
         found = op.stock_openings(tok, answers, m.refusal, m.delimiters)
@@ -339,14 +392,22 @@ class Evaluator:
             base.harmful_responses, base.harmless_responses, kl_value, m, opened,
             self._harmful_opened(),
         )  # fmt: skip
+        if self.openings_only:  # the base scored the way its trials will be
+            obs.harmful_responses, obs.harmless_responses = [], []
+            obs.harmful_opening_refusals = predicted + (obs.harmful_opening_refusals or [])
         values = {**base.values, **score(obs, self.settings.scorers)}
         shown = ", ".join(repr(tok.decode(list(o))) for o in found)
-        judged = []
-        if self.unanswered:
+        judged: list[str] = []
+        if self.openings_only:
+            judged.append(
+                f"every harmful and harmless prompt of a trial (no answers; base refusal "
+                f"{base['refusal_rate']:.2f} answered, {values['refusal_rate']:.2f} by openings)"
+            )
+        elif self.unanswered:
             judged.append(
                 f"the {len(self.unanswered)} harmless prompts outside the over-refusal sample"
             )
-        if obs.harmful_opening_refusals is not None:
+        if self.harmful_openings and obs.harmful_opening_refusals is not None:
             judged.append(f"{len(self.harmful_openings)} more harmful prompts")
         line = (
             f"refusal openings: {shown}; {' and '.join(judged)} are judged by them (checked on "

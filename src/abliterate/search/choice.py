@@ -74,6 +74,18 @@ def probe_rate(session: Session, probes) -> float:
     )  # fmt: skip
 
 
+def agreement_text(got: dict[str, float]) -> str:
+    """How the opening verdicts of a trial judged by openings alone (trial_openings_only)
+    compared with its generated answers ("" for a trial that was answered)."""
+    if "openings_agree_harmful" not in got:
+        return ""
+    return (
+        f"; by openings alone {got['openings_refusal_rate']:.2f}, agreeing with the answers on "
+        f"{got['openings_agree_harmful']:.0%} of harmful and {got['openings_agree_harmless']:.0%}"
+        " of harmless prompts"
+    )
+
+
 # Tokens answered to each extra harmless prompt of the damage check: the stock refusals ("I'm
 # sorry, but I can't ...", "As an AI language model ...") open the answer.
 OPENING_TOKENS = 12
@@ -112,7 +124,8 @@ def base_check(
     how = "judged by their opening" if session.evaluator.openings else f"{OPENING_TOKENS} tokens"
     events.message(
         f"base model at {length} tokens ({short} for harmless prompts; {len(extra)} more of "
-        f"the direction set, {how}): over-refusal {base_over:.2f}{cap_text}"
+        f"the direction set, {how}): refusals {base['refusal_rate']:.2f}, over-refusal "
+        f"{base_over:.2f}{cap_text}{agreement_text(base)}"
     )
     margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
     return DamageCheck(base_over, base_cap, margin, floor)
@@ -150,7 +163,7 @@ def confirm_choice(
         events.message(
             f"re-measured trial {c.number} with {length}-token answers: refusals "
             f"{c.refusal_rate:.2f} -> {again.refusal_rate:.2f}, over-refusal "
-            f"{got['overrefusal_rate']:.2f}{cap_text}"
+            f"{got['overrefusal_rate']:.2f}{cap_text}{agreement_text(got)}"
             + (" (damaged: passed over)" if damaged else "")
         )
         return again

@@ -22,6 +22,7 @@ def eval_settings(settings: Settings, bs: int, search: bool = False) -> EvalSett
         overrefusal_sample=settings.overrefusal_sample if search else 0,
         overrefusal_response_length=settings.overrefusal_response_length if search else 0,
         overrefusal_openings=settings.overrefusal_openings and search,
+        openings_only=settings.trial_openings_only and search,
         sample_seed=settings.seed,
         shared_prefix=settings.shared_prefix,
         own_decoding=settings.own_decoding,
