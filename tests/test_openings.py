@@ -222,9 +222,8 @@ def test_openings_alone_count_refusals_only_where_the_answer_opens_with_one(orga
     assert got["openings_agree_harmless"] < 1.0  # harmless answers holding "the" now refuse
 
 
-def test_openings_alone_need_the_openings_and_a_re_measured_choice():
+def test_openings_alone_need_the_openings():
     from abliterate.errors import AbliterateError
 
-    for bad in ({"overrefusal_openings": False}, {"confirm_trials": 0}):
-        with pytest.raises((AbliterateError, ValueError), match="trial_openings_only needs"):
-            load_settings(None, model="m", trial_openings_only=True, **bad)
+    with pytest.raises((AbliterateError, ValueError), match="trial_openings_only needs"):
+        load_settings(None, model="m", trial_openings_only=True, overrefusal_openings=False)

@@ -424,7 +424,8 @@ class EvaluationSettings(BaseModel):
         "overrefusal_openings does): a trial is the KL pass and one teacher-forced pass over "
         "the harmful prompts, with no generation. The trials a policy picks are re-measured "
         "with generated answers before the choice (confirm_trials), and the agreement of the "
-        "two verdicts is printed. Refusals that come after a compliant opening are missed, so "
+        "two verdicts is printed; the held-out report answers the chosen trial's report "
+        "prompts. Refusals that come after a compliant opening are missed, so "
         "search figures run low; needs overrefusal_openings, and is off where the openings "
         "fail their check on the base model.",
     )
@@ -582,11 +583,6 @@ class Settings(
             check_policy(self.select)
         if self.trial_openings_only and not self.overrefusal_openings:
             raise ValueError("trial_openings_only needs overrefusal_openings (the openings)")
-        if self.trial_openings_only and not self.confirm_trials:
-            raise ValueError(
-                "trial_openings_only needs confirm_trials > 0: the chosen trial must be "
-                "measured with generated answers"
-            )
         if self.n_startup_trials is not None and self.n_startup_trials > self.n_trials:
             raise ValueError(
                 f"n_startup_trials ({self.n_startup_trials}) > n_trials ({self.n_trials})"
