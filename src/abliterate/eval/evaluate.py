@@ -227,17 +227,19 @@ class Evaluator:
         the answers `obs` holds, on the harmful and on the harmless evaluation prompts; and
         the opening-judged refusal rate of the harmful ones."""
         assert obs.harmful_responses is not None and obs.harmless_responses is not None
-        out = {}
-        for kind, texts, answers in (
-            ("harmful", self.harmful_texts, obs.harmful_responses),
-            ("harmless", self.harmless_texts, obs.harmless_responses[: len(self.harmless_texts)]),
-        ):
-            opened = self.opened(texts)
+        harmful = self.opened(self.harmful_texts)
+
+        def agree(opened: list[bool], answers: list[str]) -> float:
             same = sum(a == b for a, b in zip(opened, obs.refusals(answers), strict=True))
-            out[f"openings_agree_{kind}"] = same / len(texts) if texts else 1.0
-            if kind == "harmful":
-                out["openings_refusal_rate"] = sum(opened) / len(texts) if texts else 0.0
-        return out
+            return same / len(opened) if opened else 1.0
+
+        return {
+            "openings_refusal_rate": sum(harmful) / len(harmful) if harmful else 0.0,
+            "openings_agree_harmful": agree(harmful, obs.harmful_responses),
+            "openings_agree_harmless": agree(
+                self.opened(self.harmless_texts), obs.harmless_responses
+            ),
+        }
 
     def _harmful_opened(self) -> list[bool] | None:
         """Whether each of the `harmful_openings` prompts would be answered with a refusal
@@ -251,16 +253,19 @@ class Evaluator:
     ) -> list[bool]:
         """Whether the model as it is now would open its answer to each chat text with one of
         `openings` (default: the base model's, enable_openings). The texts are batched once,
-        on the first call for them."""
+        on the first call for them (the harmless evaluation texts reuse the KL reference)."""
         key = tuple(texts)
         if not key:
             return []
-        if key not in self._batched:
-            bs = self.settings.batch_size
-            self._batched[key] = kl_mod.reference(
-                self.model, self.tokenizer, key, 1, bs, self.share_prefix
-            )
-        ref = self._batched[key]
+        if key == tuple(self.harmless_texts):
+            ref = self.reference  # batched already, for KL
+        else:
+            if key not in self._batched:
+                bs = self.settings.batch_size
+                self._batched[key] = kl_mod.reference(
+                    self.model, self.tokenizer, key, 1, bs, self.share_prefix
+                )
+            ref = self._batched[key]
         first = kl_mod.kl_and_first_tokens(self.model, ref)[1]
         return op.hits(self.model, ref, first, self.openings if openings is None else openings)
 
