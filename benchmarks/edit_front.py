@@ -29,17 +29,14 @@ from abliterate.directions import interpolate
 from abliterate.edit.kernel import Kernel
 from abliterate.edit.plan import EditParams
 from abliterate.events import Events
+from abliterate.prompts import load_prompt_set
 from abliterate.runs import RunDir
 from abliterate.search.trials import evaluate_params
 from abliterate.stages.base import measure_base
 from abliterate.stages.session import Session, open_session
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
-HARMLESS_ROWS = slice(128, 192)  # harmless_val rows outside the real-model benchmark's 128
-
-
-def read(name: str) -> list[str]:
-    return [json.loads(line)["text"] for line in (SHARED / name).read_text().splitlines()]
+HARMLESS_ROWS = "train[128:192]"  # harmless_val rows outside the real-model benchmark's 128
 
 
 def flat(
@@ -100,16 +97,18 @@ def open_run(run: Path, scratch: Path) -> tuple[Session, EditParams]:
         rd.settings_file, trial_openings_only=True, max_response_length=24, overrefusal_sample=16
     )
     session = open_session(settings, for_search=False)
-    chosen = rd.load_trial(json.loads((run / "chosen.json").read_text())["trial"]).params
-    session.prompts["harmful_eval_prompts"] = read("harmful_train.jsonl") + read(
-        "harmful_val.jsonl"
+    choice = rd.load_choice()
+    if choice is None:
+        sys.exit(f"{run} has no chosen trial: let benchmarks/real_model.py finish first")
+    chosen = rd.load_trial(choice["trial"]).params
+    harmful = [load_prompt_set(str(SHARED / f"harmful_{s}.jsonl")) for s in ("train", "val")]
+    session.prompts["harmful_eval_prompts"] = harmful[0] + harmful[1]
+    session.prompts["harmless_eval_prompts"] = load_prompt_set(
+        str(SHARED / "harmless_val.jsonl"), HARMLESS_ROWS
     )
-    session.prompts["harmless_eval_prompts"] = read("harmless_val.jsonl")[HARMLESS_ROWS]
     scratch.mkdir(parents=True, exist_ok=True)
     session.run_dir = RunDir(scratch)  # the base record goes here, not into the run
-    events = Events()
-    events.message = lambda text: print(text, flush=True)
-    measure_base(session, events)
+    measure_base(session, Events(message=lambda text: print(text, flush=True)))
     return session, chosen
 
 
@@ -122,6 +121,7 @@ def main() -> None:
     session, chosen = open_run(args.run, args.run.parent / "edit-front-scratch")
     assert session.base is not None
     n_harmful = len(session.prompts["harmful_eval_prompts"])
+    n_harmless = len(session.prompts["harmless_eval_prompts"])
     rows = [{"edit": "base", "refusals": round(session.base["refusal_rate"] * n_harmful)}]
     for name, params in grid(session, chosen, args.second_depth).items():
         t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def main() -> None:
             f"over-refusal {row['overrefusal_rate']:.3f} ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
-    summary = {"run": str(args.run), "harmful_prompts": n_harmful, "harmless_prompts": 64}
+    summary = {"run": str(args.run), "harmful_prompts": n_harmful, "harmless_prompts": n_harmless}
     Path(args.out).write_text(json.dumps({**summary, "edits": rows}, indent=1) + "\n")
 
 
