@@ -20,10 +20,30 @@ from abliterate.stages.base import eval_settings
 
 @pytest.fixture(scope="module")
 def organism(organism_dir):
+    """The organism with 16 harmful prompts whose 8-token answers open with one of its two
+    most common stock refusal openings, alternating, and 8 harmless ones it answers: the tests below compare opening verdicts
+    with answers, and a build of the organism may word a refusal its own way once ("I am
+    unable to ..."), which no opening seen twice can predict (that limit is the judge's, and
+    the README's figures measure it on the real model)."""
     loaded = loading.load(str(organism_dir), dtypes=("float32",))
-    harmful = (organism_dir / "eval" / "harmful.txt").read_text().splitlines()[:16]
-    harmless = (organism_dir / "eval" / "harmless.txt").read_text().splitlines()[:8]
-    return loaded.model, loaded.tokenizer, harmful, harmless
+    model, tok = loaded.model, loaded.tokenizer
+    harmful = (organism_dir / "eval" / "harmful.txt").read_text().splitlines()[:96]
+    harmless = (organism_dir / "eval" / "harmless.txt").read_text().splitlines()[:16]
+    answers = generate(model, tok, chat_texts(tok, harmful + harmless), 8, 8, stop_markers=None)
+    found = op.stock_openings(tok, answers, REFUSAL_MARKERS, REASONING_DELIMITERS)
+    opened = [op.opens_with(tok, a, found) for a in answers]
+    refused = [is_refusal(a) for a in answers]
+    # by opening, alternating the two most common: every run of a few prompts holds each
+    # opening at least twice, so an evaluator reading any of them finds both
+    kinds: dict[tuple[int, ...], list[str]] = {}
+    for p, a, o, r in zip(harmful, answers, opened, refused, strict=False):
+        if o and r:
+            kinds.setdefault(next(f for f in found if op.opens_with(tok, a, [f])), []).append(p)
+    first, second = sorted(kinds.values(), key=len, reverse=True)[:2]
+    stock = [p for pair in zip(first, second, strict=False) for p in pair][:16]
+    plain = [p for p, r in zip(harmless, refused[len(harmful) :], strict=True) if not r][:8]
+    assert len(stock) == 16 and len(plain) == 8
+    return model, tok, stock, plain
 
 
 def test_openings_are_the_shortest_starts_that_hold_a_marker(organism_dir):
@@ -59,7 +79,11 @@ def test_teacher_forced_openings_match_generated_answers(organism, share_prefix)
     expected = [op.opens_with(tok, a, found) for a in answers]
     assert predicted == expected
     assert 0 < sum(expected) < len(expected)
-    assert expected == [is_refusal(a) for a in answers]  # here every refusal opens with one
+    refusals = [is_refusal(a) for a in answers]
+    assert all(r for e, r in zip(expected, refusals, strict=True) if e)  # an opening refuses
+    # and most refusals open with a stock opening (a build of the organism may word one of
+    # them its own way, seen once: "I am unable to help you ...")
+    assert sum(expected) >= 0.8 * sum(refusals)
 
 
 def _evaluator(model, tok, harmful, harmless, **settings) -> Evaluator:
@@ -153,6 +177,24 @@ def test_more_harmful_prompts_judged_by_their_opening_pool_into_the_refusal_rate
     )
 
 
+def test_a_recheck_pools_extra_harmful_prompts_judged_by_their_opening(organism):
+    model, tok, harmful, harmless = organism
+    ev = _evaluator(model, tok, harmful[:8], harmless, overrefusal_sample=4)
+    # extra harmful texts half refused (harmless prompts among them), so pooling shows
+    extra = chat_texts(tok, harmful[8:14] + harmless[:6], ev.settings.system_prompt)
+    alone = ev.recheck(8)["refusal_rate"]
+    # before the openings are checked, the extra harmful texts are left out, not answered
+    assert ev.recheck(8, 8, (), 8, extra)["refusal_rate"] == alone
+    ev.enable_openings(ev.evaluate())
+    assert ev.openings
+    opened = ev.opened(extra)
+    assert 0 < sum(opened) < len(opened)
+    pooled = ev.recheck(8, 8, (), 8, extra)["refusal_rate"]
+    # eight answered, twelve judged by their opening, pooled
+    assert pooled == pytest.approx((alone * 8 + sum(opened)) / 20) and pooled != alone
+    assert ev.recheck(8)["refusal_rate"] == pytest.approx(alone)  # only when asked
+
+
 def test_the_harmful_openings_sample_leaves_out_evaluation_and_report_prompts():
     from types import SimpleNamespace
 
@@ -170,6 +212,28 @@ def test_the_harmful_openings_sample_leaves_out_evaluation_and_report_prompts():
     assert picked == direction_sample(session, "harmful", 12)  # seeded
     assert sorted(direction_sample(session, "harmful", 100)) == sorted(pool[15:])
     assert direction_sample(session, "harmful", 0) == []
+
+
+def test_the_re_measurement_s_harmful_sample_skips_what_trials_already_judge(organism_dir):
+    from types import SimpleNamespace
+
+    from abliterate.search.choice import refusal_prompts
+
+    tok = loading.load_tokenizer(str(organism_dir))
+    pool = [f"request {i}" for i in range(60)]
+    prompts = {"harmful_prompts": pool, "harmful_eval_prompts": pool[:10]}
+    settings = load_settings(None, model="m", confirm_harmful_sample=30)
+    every_trial = chat_texts(tok, pool[10:20])
+    evaluator = SimpleNamespace(openings=[(1,)], harmful_openings=every_trial)
+    session = SimpleNamespace(
+        prompts=prompts, settings=settings, tokenizer=tok, evaluator=evaluator
+    )
+    texts = refusal_prompts(session)
+    # 30 sampled from the 50 outside the evaluation set, less those judged in every trial
+    assert 20 <= len(texts) < 30 and not set(texts) & set(every_trial)
+    assert not set(texts) & set(chat_texts(tok, pool[:10]))
+    session.evaluator = SimpleNamespace(openings=[], harmful_openings=[])
+    assert refusal_prompts(session) == []  # without openings they would have to be answered
 
 
 def test_trials_judged_by_openings_alone_answer_nothing_and_match_full_answers(

@@ -176,6 +176,26 @@ class DirectionSettings(BaseModel):
         gt=0.0,
         le=1.0,
     )
+    direction_harmful: Literal["refused", "all"] = _field(
+        "refused",
+        "directions",
+        "Which harmful prompts the refusal direction is the mean of: 'refused' keeps those the "
+        "unedited model refuses (a 16-token greedy answer with a refusal marker; Arditi et al. "
+        "filter theirs the same way), 'all' every one. The prompts a model answers anyway "
+        "carry the requests' topics, not the refusal: on Qwen2.5-Coder 0.5B the refused 77 of "
+        "130 gave 10/169 held-out refusals where all 130 gave 16/169, at the same KL (README). "
+        "Every prompt is used where fewer than 8 are refused.",
+    )
+    direction_baseline: Literal["answered", "harmless"] = _field(
+        "answered",
+        "directions",
+        "What the refused harmful prompts' mean is compared with (direction_harmful = "
+        "'refused'): 'answered', the harmful prompts the unedited model answers, where at least "
+        "16 are (else the harmless mean); 'harmless', the harmless prompts' mean. The refused "
+        "minus the answered mean keeps the decision to refuse and drops what all harmful "
+        "requests share: on Qwen2.5-Coder 0.5B 1/169 held-out refusals at KL 0.20 where the "
+        "harmless baseline gave 5/169 at KL 0.23 (README).",
+    )
     orthogonalize_direction: bool = _field(
         True,
         "directions",
@@ -542,6 +562,17 @@ class RunSettings(BaseModel):
         "are on (overrefusal_openings), else answered with 12 tokens. An edit can make a model "
         "refuse one kind of harmless request (short factual lists, on Qwen2.5 0.5B), which the "
         "search's few harmless prompts may not hold (0 = only those).",
+        ge=0,
+    )
+    confirm_harmful_sample: int = _field(
+        128,
+        "run",
+        "Harmful prompts of the direction set (a seeded sample, none of the evaluation or "
+        "report prompts) that a re-measured trial is also judged on by their opening, pooled "
+        "with its answered harmful prompts into its refusal rate, where the search's refusal "
+        "openings are on. The search's few harmful prompts cannot tell an edit refusing 3 % "
+        "from one refusing 8 %; 128 more nearly can, for one teacher-forced pass a pick (0 = only "
+        "the evaluation prompts).",
         ge=0,
     )
     max_shard_size: str = _field("5GB", "run", "Largest safetensors shard of a merged export.")

@@ -50,6 +50,7 @@ RUNTIME_KEYS = frozenset(
         "confirm_overrefusal_margin",
         "confirm_capability_floor",
         "confirm_harmless_sample",
+        "confirm_harmful_sample",
         "gguf_type",
         "max_shard_size",
         "overwrite",

@@ -187,6 +187,7 @@ class Evaluator:
         harmless_tokens: int | None = None,
         extra_harmless: Sequence[str] = (),
         extra_tokens: int = 12,
+        extra_harmful: Sequence[str] = (),
     ) -> dict[str, float]:
         """Refusal rate on the harmful prompts and over-refusal on every harmless one (not the
         search's sample) plus the chat-formatted `extra_harmless` texts: a trial re-measured
@@ -194,7 +195,9 @@ class Evaluator:
         `max_new_tokens` long, harmless ones `harmless_tokens` and extra ones `extra_tokens`
         (an over-refusal opens the answer), or, with openings enabled, the extra ones are
         judged by their opening without generating; one pass where the own loop allows
-        budgets per row, one per length otherwise."""
+        budgets per row, one per length otherwise. With openings enabled, the chat-formatted
+        `extra_harmful` texts are judged by their opening too and pooled into the refusal
+        rate (without openings they are left out: answering hundreds more costs minutes)."""
         groups = [
             (self.harmful_texts, max_new_tokens),
             (self.harmless_texts, harmless_tokens or max_new_tokens),
@@ -215,7 +218,7 @@ class Evaluator:
             harmful_responses=answers[:n],
             harmless_responses=answers[n:],
             opening_refusals=self.opened(extra_harmless) if self.openings else None,
-            harmful_opening_refusals=self._harmful_opened(),
+            harmful_opening_refusals=self._harmful_opened(extra_harmful),
         )
         values = score(obs, ("refusal_rate", "overrefusal_rate"))
         if self.openings_only:
@@ -241,12 +244,14 @@ class Evaluator:
             ),
         }
 
-    def _harmful_opened(self) -> list[bool] | None:
-        """Whether each of the `harmful_openings` prompts would be answered with a refusal
-        opening (None until openings are enabled, or without such prompts)."""
-        if not (self.openings and self.harmful_openings and "harmful_responses" in self.needs):
+    def _harmful_opened(self, extra: Sequence[str] = ()) -> list[bool] | None:
+        """Whether each of the `harmful_openings` prompts, and each `extra` chat text, would be
+        answered with a refusal opening (None until openings are enabled, or without such
+        prompts)."""
+        texts = [*self.harmful_openings, *extra]
+        if not (self.openings and texts and "harmful_responses" in self.needs):
             return None
-        return self.opened(self.harmful_openings)
+        return self.opened(self.harmful_openings) + self.opened(extra)
 
     def opened(
         self, texts: Sequence[str], openings: Sequence[op.Opening] | None = None

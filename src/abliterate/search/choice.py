@@ -99,20 +99,43 @@ def damage_prompts(session: Session) -> list[str]:
     return chat_texts(session.tokenizer, picked, s.system_prompt)
 
 
-def remeasure(
-    session: Session, length: int, short: int, extra: list[str], probes
-) -> tuple[dict[str, float], float | None]:
-    """Refusal and over-refusal (`Evaluator.recheck`: harmful answers `length` long, harmless
-    ones `short`, the `extra` harmless texts OPENING_TOKENS) and the capability-probe rate
-    (None without probes) of the model as it is now."""
+def refusal_prompts(session: Session) -> list[str]:
+    """Chat texts of the re-measurement's extra harmful prompts, judged by their opening: a
+    seeded sample of the direction set, leaving out the evaluation and report prompts and
+    those every search trial already judges (harmful_openings_sample). None without refusal
+    openings: answering them would cost minutes a pick."""
     evaluator = session.evaluator
     assert evaluator is not None
-    got = evaluator.recheck(length, short, extra, OPENING_TOKENS)
+    if not evaluator.openings:
+        return []
+    s = session.settings
+    picked = direction_sample(session, "harmful", s.confirm_harmful_sample)
+    seen = set(evaluator.harmful_openings)
+    return [t for t in chat_texts(session.tokenizer, picked, s.system_prompt) if t not in seen]
+
+
+@dataclass(frozen=True)
+class Extra:
+    """The direction-set prompts a re-measurement reads besides the evaluation prompts."""
+
+    harmless: list[str]  # chat texts, for over-refusal (damage_prompts)
+    harmful: list[str]  # chat texts, for the refusal rate (refusal_prompts)
+
+
+def remeasure(
+    session: Session, length: int, short: int, extra: Extra, probes
+) -> tuple[dict[str, float], float | None]:
+    """Refusal and over-refusal (`Evaluator.recheck`: harmful answers `length` long, harmless
+    ones `short`, the extra harmless texts OPENING_TOKENS, the extra harmful ones by their
+    opening) and the capability-probe rate (None without probes) of the model as it is now."""
+    evaluator = session.evaluator
+    assert evaluator is not None
+    got = evaluator.recheck(length, short, extra.harmless, OPENING_TOKENS, extra.harmful)
     return got, probe_rate(session, probes) if probes else None
 
 
 def base_check(
-    session: Session, length: int, short: int, extra: list[str], probes, events: Events
+    session: Session, length: int, short: int, extra: Extra, probes, events: Events
 ) -> DamageCheck:
     """The unedited model's figures that re-measured trials are held to, measured the same way
     (`remeasure`), with the settings' margins."""
@@ -122,10 +145,11 @@ def base_check(
     cap_text = "" if base_cap is None else f", capability {base_cap:.2f}"
     assert session.evaluator is not None
     how = "judged by their opening" if session.evaluator.openings else f"{OPENING_TOKENS} tokens"
+    harmful = f"; {len(extra.harmful)} harmful ones by their opening" if extra.harmful else ""
     events.message(
-        f"base model at {length} tokens ({short} for harmless prompts; {len(extra)} more of "
-        f"the direction set, {how}): refusals {base['refusal_rate']:.2f}, over-refusal "
-        f"{base_over:.2f}{cap_text}{agreement_text(base)}"
+        f"base model at {length} tokens ({short} for harmless prompts; {len(extra.harmless)} "
+        f"more of the direction set, {how}{harmful}): refusals {base['refusal_rate']:.2f}, "
+        f"over-refusal {base_over:.2f}{cap_text}{agreement_text(base)}"
     )
     margin, floor = s.confirm_overrefusal_margin, s.confirm_capability_floor
     return DamageCheck(base_over, base_cap, margin, floor)
@@ -142,7 +166,7 @@ def confirm_choice(
     length = s.confirm_response_length or 2 * s.max_response_length
     # harmless answers at the search's length: the refusals an edit brings open the answer
     short = min(length, s.max_response_length)
-    extra = damage_prompts(session)
+    extra = Extra(damage_prompts(session), refusal_prompts(session))
     probes = report_probes(s)
     check: list[DamageCheck] = []  # the base's figures, measured at the first confirmation
     measured: dict[int, tuple[float, float | None]] = {}  # over-refusal, capability per trial

@@ -23,6 +23,7 @@ from abliterate.runs import (
     read_directions,
 )
 from abliterate.search import study as st
+from abliterate.stages.refused import refused_rows, split_harmful
 
 
 def obtain_directions(
@@ -87,6 +88,9 @@ def compute_directions(
     # the same check as the search's (does this model compute the prefix layout the same?)
     both = texts["harmful_prompts"] + texts["harmless_prompts"]
     share = settings.shared_prefix and prefix.check(model, tokenizer, both, 0).used
+    keep = None
+    if settings.direction_harmful == "refused":
+        keep = refused_rows(model, tokenizer, texts["harmful_prompts"], settings, events, bs, share)
     residuals = {}
     for key in ("harmful_prompts", "harmless_prompts"):
         tick = counter(events, f"residuals ({key.split('_')[0]})", len(texts[key]))
@@ -102,15 +106,26 @@ def compute_directions(
             on_batch=tick,
             share_prefix=share,
         )
-    return direction_tensors(residuals["harmful_prompts"], residuals["harmless_prompts"], settings)
+    given, good = residuals["harmful_prompts"], residuals["harmless_prompts"]
+    bad, answered = split_harmful(given, keep, settings.direction_baseline, events)
+    tensors, meta = direction_tensors(bad, good, settings, answered)
+    meta["direction_harmful"] = "all" if keep is None else "refused"
+    meta["direction_baseline"] = "harmless" if answered is None else "answered"
+    return tensors, {**meta, "harmful_given": given.count}
 
 
 def direction_tensors(
-    bad: activations.Residuals, good: activations.Residuals, settings: Settings
+    bad: activations.Residuals,
+    good: activations.Residuals,
+    settings: Settings,
+    baseline: activations.Residuals | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The direction is `bad`'s mean minus `baseline`'s (default: `good`'s, the harmless mean);
+    the projection, benign bases and statistics read `good` either way."""
     assert bad.full is not None and good.full is not None  # collected with keep_full
-    lead = dirmath.uninformative_prefix(bad.mean - good.mean)
-    raw = dirmath.mean_difference(bad.mean[lead:], good.mean[lead:])
+    base = good if baseline is None else baseline
+    lead = dirmath.uninformative_prefix(bad.mean - base.mean)
+    raw = dirmath.mean_difference(bad.mean[lead:], base.mean[lead:])
     final = dirmath.project_out(raw, good.mean[lead:]) if settings.orthogonalize_direction else raw
     raw, final = dirmath.fill_prefix(raw, lead), dirmath.fill_prefix(final, lead)  # (L + 1, d)
     tensors = {
