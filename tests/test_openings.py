@@ -21,10 +21,11 @@ from abliterate.stages.base import eval_settings
 @pytest.fixture(scope="module")
 def organism(organism_dir):
     """The organism with 16 harmful prompts whose 8-token answers open with one of its two
-    most common stock refusal openings, alternating, and 8 harmless ones it answers: the tests below compare opening verdicts
-    with answers, and a build of the organism may word a refusal its own way once ("I am
-    unable to ..."), which no opening seen twice can predict (that limit is the judge's, and
-    the README's figures measure it on the real model)."""
+    most common stock refusal openings, alternating, and 8 harmless ones it answers. The tests
+    below compare opening verdicts with answers, and a build of the organism may word a
+    refusal its own way ("I am unable to ..."), or say one opening too rarely among a few
+    prompts for an evaluator to find it; that limit is the judge's, and the README's figures
+    measure it on the real model."""
     loaded = loading.load(str(organism_dir), dtypes=("float32",))
     model, tok = loaded.model, loaded.tokenizer
     harmful = (organism_dir / "eval" / "harmful.txt").read_text().splitlines()[:96]
