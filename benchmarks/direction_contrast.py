@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -37,6 +35,7 @@ from abliterate.prompts import chat_texts, load_prompt_set  # noqa: E402
 from abliterate.search.trials import evaluate_params  # noqa: E402
 from abliterate.stages.base import measure_base  # noqa: E402
 from abliterate.stages.directions import direction_tensors, directions_from_tensors  # noqa: E402
+from abliterate.stages.refused import keep_rows  # noqa: E402
 from abliterate.stages.session import Session, open_session  # noqa: E402
 
 S = ROOT.parent / "shared" / "data" / "prompts"
@@ -67,12 +66,6 @@ def open_model(work: Path) -> Session:
     return session
 
 
-def subset(r: activations.Residuals, m: torch.Tensor) -> activations.Residuals:
-    assert r.full is not None
-    full = r.full[m]
-    return activations.Residuals(full.double().mean(0), int(m.sum()), full)
-
-
 def variants(session: Session) -> tuple[dict[str, tuple], list[bool]]:
     """The three (harmful, baseline) residual statistics, and which direction prompts the base
     model refuses (by its refusal openings)."""
@@ -90,11 +83,13 @@ def variants(session: Session) -> tuple[dict[str, tuple], list[bool]]:
         )  # fmt: skip
 
     bad_all, good = res(harm), res(harmless)
-    mask = torch.tensor(refused)
     return {
         "all harmful": (bad_all, good),
-        "refused harmful": (subset(bad_all, mask), good),
-        "refused minus answered harmful": (subset(bad_all, mask), subset(bad_all, ~mask)),
+        "refused harmful": (keep_rows(bad_all, refused), good),
+        "refused minus answered harmful": (
+            keep_rows(bad_all, refused),
+            keep_rows(bad_all, [not r for r in refused]),
+        ),
     }, refused
 
 
