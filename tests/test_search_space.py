@@ -208,3 +208,31 @@ def test_warm_starts_from_a_directions_analysis(tmp_path):
         path.write_text(text)
         with pytest.raises(AbliterateError, match=message):
             read_analysis(path, "post")
+
+
+def test_a_trial_over_the_bound_once_re_measured_does_not_stop_the_next_being_measured():
+    # Trials 1 and 2 tie on the search's few prompts; the cheaper one, re-measured on many more,
+    # lands over the bound but still under the tie's search figure. The other is measured next
+    # and chosen when it passes; a trial over the KL ceiling is never measured.
+    cands = [_cand(0, 0.5, 0.01), _cand(1, 0.1, 0.17), _cand(2, 0.1, 0.2), _cand(3, 0.0, 0.4)]
+    longer = {1: 0.048, 2: 0.02, 3: 0.0}
+    asked = []
+
+    def confirm(c):
+        asked.append(c.number)
+        return with_refusal_rate(c, longer[c.number], 0.8)
+
+    chosen, _ = select_confirmed(cands, "min-kl-under:0.03,max-kl:0.25", confirm, budget=3)
+    assert asked == [1, 2] and chosen.number == 2
+    # both over the bound once re-measured: the lowest re-measured rate; trial 0 (more refusals
+    # by the search's figure than those that failed) and trial 3 are left alone
+    longer[2] = 0.04
+    asked.clear()
+    chosen, _ = select_confirmed(cands, "min-kl-under:0.03,max-kl:0.25", confirm, budget=3)
+    assert asked == [1, 2] and chosen.number == 2
+    # every trial over the ceiling: the ceiling is dropped and the pick is still re-measured
+    high = [_cand(n, 0.1, 0.3 + n / 100) for n in range(2)]
+    asked.clear()
+    longer[0] = 0.1
+    select_confirmed(high, "min-kl-under:0.03,max-kl:0.25", confirm, budget=1)
+    assert asked == [0]

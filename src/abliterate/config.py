@@ -523,7 +523,7 @@ class RunSettings(BaseModel):
         "run",
         "Choose a trial without asking: min-kl-under:R (lowest KL with refusal rate <= R, else "
         "the lowest refusal rate), min-kl-under:R,max-kl:K (the same among trials with KL <= "
-        "K), min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.05,max-kl:0.2.",
+        "K), min-refusals, knee or trial:N. Without a terminal, min-kl-under:0.03,max-kl:0.25.",
     )
     confirm_trials: int = _field(
         3,

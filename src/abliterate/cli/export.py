@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     choice.add_argument(
         "--select",
         help="choose by policy: min-kl-under:R[,max-kl:K], min-refusals, knee (default: the "
-        "run's own choice, else min-kl-under:0.05,max-kl:0.2)",
+        "run's own choice, else min-kl-under:0.03,max-kl:0.25)",
     )
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument(

@@ -72,12 +72,12 @@ def _knee(front: list[Candidate]) -> Candidate:
     return front[max(range(len(front)), key=lambda i: (dist(pts[i]), -front[i].number))]
 
 
-# Without a terminal: the lowest KL among trials refusing at most 5 % of the search prompts,
-# of those with KL at most 0.2. A bound at the rate a user wants held out (0.10) picks trials
-# that only just pass it on the search prompts, and refuse more on prompts they were not
-# chosen on (README, real model). Held-out KL ran about 1.1x the search's on Qwen2.5 0.5B: the
-# ceiling keeps the export under the 0.25 that a user notices in the answers.
-DEFAULT_POLICY = "min-kl-under:0.05,max-kl:0.2"
+# Without a terminal: the lowest KL among trials refusing at most 3 % once re-measured, of those
+# with KL at most 0.25. A bound at the rate a user wants held out (0.10), or at 0.05, picks
+# trials that only just pass it on the prompts they were chosen on and refuse more on others
+# (Qwen2.5 0.5B: re-measured 0.048, held out 3/20). Held-out first-token KL ran 0.6-1.1x the
+# search's there: the ceiling keeps the export under the 0.25 a user notices in the answers.
+DEFAULT_POLICY = "min-kl-under:0.03,max-kl:0.25"
 POLICIES = ("min-kl-under:R[,max-kl:K]", "min-refusals", "knee", "trial:N")
 
 
@@ -165,14 +165,19 @@ def select_confirmed(
     among the re-measured trials that are not damaged: the next unmeasured pick's figure is
     as optimistic as those that just failed (on Qwen2.5 0.5B all three picks went from 1/19
     to 2/19 refusals, and the next was a KL 0.42 edit). Returns the choice and the
-    re-measured candidates by trial number."""
+    re-measured candidates by trial number.
+
+    A re-measured trial over a min-kl-under bound is not picked again while the budget lasts,
+    even as the lowest rate when none passes: its figure comes from more prompts, so it cannot
+    be ranked against the search figures of the others (Qwen2.5 0.5B: two trials at 2/19, the
+    cheaper one re-measured at 0.048 and so kept the other from ever being measured)."""
     pool = list(cands)
     confirmed: dict[int, Candidate] = {}
     if policy.startswith("trial:"):
         return select(pool, policy), confirmed
     for _ in range(budget):
-        pick = select(pool, policy)
-        if pick.number in confirmed:
+        pick = select(_still_open(pool, confirmed, policy), policy)
+        if pick.number in confirmed or _not_worth_it(pick, list(cands), confirmed, policy):
             break
         confirmed[pick.number] = confirm(pick)
         pool = [confirmed.get(c.number, c) for c in pool]
@@ -181,3 +186,30 @@ def select_confirmed(
     if pick.number not in confirmed and sound:
         pick = select(sound, policy)
     return pick, confirmed
+
+
+def _still_open(
+    pool: list[Candidate], confirmed: dict[int, Candidate], policy: str
+) -> list[Candidate]:
+    """The trials a min-kl-under policy may still pick for re-measuring: not those found over
+    its bound once re-measured (all of them when every one is)."""
+    if not policy.startswith("min-kl-under:"):
+        return pool
+    bound = _bounds(policy)[0]
+    failed = {n for n, c in confirmed.items() if c.refusal_rate > bound}
+    return [c for c in pool if c.number not in failed] or pool
+
+
+def _not_worth_it(
+    pick: Candidate, cands: list[Candidate], confirmed: dict[int, Candidate], policy: str
+) -> bool:
+    """Whether a min-kl-under pick, left after others failed, is not worth re-measuring: over
+    the KL ceiling while some trial is under it (never the final choice), or over the bound by
+    its search figure where a trial of a lower or equal search figure already failed."""
+    if not policy.startswith("min-kl-under:"):
+        return False
+    bound, ceiling = _bounds(policy)
+    if pick.kl > ceiling and any(c.kl <= ceiling for c in cands):
+        return True
+    searched = [c.refusal_rate for c in cands if c.number in confirmed]
+    return pick.refusal_rate > bound and any(r < pick.refusal_rate for r in searched)
