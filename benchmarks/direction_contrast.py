@@ -66,9 +66,10 @@ def open_model(work: Path) -> Session:
     return session
 
 
-def variants(session: Session) -> tuple[dict[str, tuple], list[bool]]:
-    """The three (harmful, baseline) residual statistics, and which direction prompts the base
-    model refuses (by its refusal openings)."""
+def variants(session: Session) -> tuple[dict[str, tuple], activations.Residuals, list[bool]]:
+    """The three (harmful, baseline) residual statistics (baseline None: the harmless mean), the
+    harmless statistics, and which direction prompts the base model refuses (by its refusal
+    openings)."""
     tok, s = session.tokenizer, session.settings
     harm = load_prompt_set(f"{S}/harmful_train.jsonl", "train[:130]")
     harmless = load_prompt_set(f"{S}/harmless_train.jsonl", "train[:260]")
@@ -83,14 +84,16 @@ def variants(session: Session) -> tuple[dict[str, tuple], list[bool]]:
         )  # fmt: skip
 
     bad_all, good = res(harm), res(harmless)
-    return {
-        "all harmful": (bad_all, good),
-        "refused harmful": (keep_rows(bad_all, refused), good),
-        "refused minus answered harmful": (
-            keep_rows(bad_all, refused),
-            keep_rows(bad_all, [not r for r in refused]),
-        ),
-    }, refused
+    kept = keep_rows(bad_all, refused)
+    return (
+        {
+            "all harmful": (bad_all, None),
+            "refused harmful": (kept, None),
+            "refused minus answered harmful": (kept, keep_rows(bad_all, [not r for r in refused])),
+        },
+        good,
+        refused,
+    )
 
 
 def main() -> None:
@@ -103,13 +106,13 @@ def main() -> None:
     assert session.base is not None
     n_h = len(session.prompts["harmful_eval_prompts"])
     print("base refusals", round(session.base["refusal_rate"] * n_h), "/", n_h)
-    sets, refused = variants(session)
+    sets, good, refused = variants(session)
     n = session.layout.n_layers
     rows: list[dict] = [{"edit": "base", "refusals": round(session.base["refusal_rate"] * n_h)}]
-    for name, (b, g) in sets.items():
-        # (b, g) as direction_tensors' (harmful, harmless): the flat edits use the plain
-        # difference of the two means (projection 0)
-        tensors, _ = direction_tensors(b, g, session.settings)
+    for name, (bad, baseline) in sets.items():
+        # as `run` builds them (stages/directions.py); the flat edits use the plain difference
+        # of the two means (projection 0)
+        tensors, _ = direction_tensors(bad, good, session.settings, baseline)
         session.directions = directions_from_tensors(tensors)
         for depth in (0.6, 0.7, 0.8):
             for w in (0.7, 0.85, 1.0):

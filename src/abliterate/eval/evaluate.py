@@ -248,8 +248,8 @@ class Evaluator:
         """Whether each of the `harmful_openings` prompts, and each `extra` chat text, would be
         answered with a refusal opening (None until openings are enabled, or without such
         prompts)."""
-        texts = [*self.harmful_openings, *extra]
-        if not (self.openings and texts and "harmful_responses" in self.needs):
+        wanted = bool(self.harmful_openings or extra)
+        if not (self.openings and wanted and "harmful_responses" in self.needs):
             return None
         return self.opened(self.harmful_openings) + self.opened(extra)
 

@@ -177,7 +177,7 @@ def select_confirmed(
         return select(pool, policy), confirmed
     for _ in range(budget):
         pick = select(_still_open(pool, confirmed, policy), policy)
-        if pick.number in confirmed or _not_worth_it(pick, list(cands), confirmed, policy):
+        if pick.number in confirmed or _not_worth_it(pick, cands, confirmed, policy):
             break
         confirmed[pick.number] = confirm(pick)
         pool = [confirmed.get(c.number, c) for c in pool]
@@ -201,7 +201,7 @@ def _still_open(
 
 
 def _not_worth_it(
-    pick: Candidate, cands: list[Candidate], confirmed: dict[int, Candidate], policy: str
+    pick: Candidate, cands: Sequence[Candidate], confirmed: dict[int, Candidate], policy: str
 ) -> bool:
     """Whether a min-kl-under pick, left after others failed, is not worth re-measuring: over
     the KL ceiling while some trial is under it (never the final choice), or over the bound by
